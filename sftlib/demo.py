@@ -1,0 +1,137 @@
+"""`make demo`: fine-tune tiny OPT with DeepSpeed on this machine and show what changed.
+
+Builds the toy world (first run only), runs ``sftlib.train`` on one CPU rank, compares baseline and
+fine-tuned answers on held-out prompts, and writes ``outputs/demo/``: the saved model, a loss
+curve and a markdown report.
+
+    python -m sftlib.demo [--out outputs/demo]
+
+Explained in notebooks/00_quickstart.ipynb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from sftlib.utils import SFTError
+
+DEMO_TRAIN_ARGS = [  # DeepSpeed-Chat's names; values sized for a 2-core CPU
+    "--data_split", "10,0,0",  # the whole toy set for phase 1 (default 2,4,4 keeps 20% for SFT)
+    "--max_seq_len", "64",  # toy prompts are short (real runs: 512)
+    "--per_device_train_batch_size", "16",
+    "--per_device_eval_batch_size", "32",
+    "--learning_rate", "1e-3",
+    "--num_train_epochs", "8",
+    "--num_warmup_steps", "0",
+    "--lr_scheduler_type", "cosine",
+    "--zero_stage", "0",
+    "--dtype", "fp32",  # CPUs have no fp16; bf16 is ~13x slower here
+    "--seed", "1234",
+]
+
+
+def demo_train_args(paths: dict, out: Path) -> list[str]:
+    """The full command line of the demo's training run."""
+    return ["--model_name_or_path", str(paths["opt"]), "--data_path", str(paths["data"]),
+            "--data_output_path", str(out / "data_files"), "--output_dir", str(out / "model"),
+            *DEMO_TRAIN_ARGS]
+
+
+def examples(rows: list[dict]) -> list[dict]:
+    """One held-out row per task family, for the side-by-side table."""
+    seen, picked = set(), []
+    for r in rows:
+        if r["family"] not in seen:
+            seen.add(r["family"])
+            picked.append(r)
+    return picked
+
+
+def plot_history(history: dict, path: Path) -> None:
+    """Training loss per step and evaluation perplexity per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.plot(history["step"], history["loss"])
+    a.set(xlabel="step", ylabel="training loss", title="SFT loss")
+    b.plot([e["epoch"] for e in history["eval"]], [e["ppl"] for e in history["eval"]], marker="o")
+    b.set(xlabel="epoch", ylabel="perplexity", yscale="log", title="eval perplexity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _md_table(rows: list[dict], base: list[dict], tuned: list[dict]) -> list[str]:
+    lines = ["| prompt | expected | baseline | fine-tuned |", "|---|---|---|---|"]
+    for r, b, t in zip(rows, base, tuned):
+        cells = [r["prompt"].replace("\n\nHuman: ", "").replace("\n\nAssistant:", ""), r["chosen"].strip(),
+                 b["got"][:60], t["got"][:60]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return lines
+
+
+def run(out: str | Path = "outputs/demo") -> dict:
+    """The whole demo; returns the scores and timings it reports."""
+    from sftlib import prompt_eval, toy, train
+
+    out = Path(out)
+    t0 = time.time()
+    paths = toy.ensure_toy_world(("opt",))
+    t_world = time.time() - t0
+    history = train.main(demo_train_args(paths, out))
+    t_train = time.time() - t0 - t_world
+
+    rows = toy.load_rows(paths["eval"])
+    baseline, tokenizer = prompt_eval.load_model(str(paths["opt"]))
+    tuned, _ = prompt_eval.load_model(str(out / "model"))
+    base_score, base_res = prompt_eval.exact_match(baseline, tokenizer, rows)
+    tuned_score, tuned_res = prompt_eval.exact_match(tuned, tokenizer, rows)
+    picks = examples(rows)
+    idx = [rows.index(r) for r in picks]
+    plot_history(history, out / "loss.png")
+    total = time.time() - t0
+
+    table = _md_table(picks, [base_res[i] for i in idx], [tuned_res[i] for i in idx])
+    report = [
+        "# SFT demo report", "",
+        f"Tiny OPT ({paths['opt']}) fine-tuned with DeepSpeed (ZeRO-0, fp32, one CPU rank) on "
+        f"{history['train_samples']} toy instructions; scored on {len(rows)} held-out prompts.", "",
+        "| model | exact match |", "|---|---|",
+        f"| baseline (pretrained on prose only) | {base_score:.1%} |",
+        f"| fine-tuned | {tuned_score:.1%} |", "",
+        *table, "",
+        f"Eval perplexity: {history['eval'][0]['ppl']:.2f} before, {history['eval'][-1]['ppl']:.2f} after.",
+        f"Time: toy world {t_world:.0f} s, training {t_train:.0f} s, whole demo {total:.0f} s.", "",
+        "Training command: `python -m sftlib.train " + " ".join(demo_train_args(paths, out)) + "`", "",
+        "![loss](loss.png)", "",
+    ]
+    (out / "report.md").write_text("\n".join(report), encoding="utf-8")
+
+    print()
+    print("\n".join(table))
+    print()
+    print(f"exact match on {len(rows)} held-out prompts: baseline {base_score:.1%}, fine-tuned {tuned_score:.1%}")
+    print(f"demo took {total:.0f} s (toy world {t_world:.0f} s, training {t_train:.0f} s)")
+    print(f"wrote {out / 'model'}, {out / 'loss.png'}, {out / 'report.md'}")
+    return {"baseline": base_score, "finetuned": tuned_score, "seconds": total, "eval_prompts": len(rows)}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Fine-tune tiny OPT on the toy set and report what changed.")
+    p.add_argument("--out", default="outputs/demo", help="output folder")
+    args = p.parse_args(argv)
+    try:
+        run(args.out)
+    except SFTError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

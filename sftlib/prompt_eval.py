@@ -1,0 +1,164 @@
+"""Baseline versus fine-tuned generations, as DeepSpeed-Chat's ``prompt_eval.py`` prints them,
+plus an exact-match score over held-out prompts.
+
+    python -m sftlib.prompt_eval --model_name_or_path_baseline toy_world/opt-tiny \\
+        --model_name_or_path_finetune outputs/demo/model --eval_file toy_world/data/eval.json
+
+Explained in notebooks/05_main_training_loop.ipynb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from sftlib.utils import SFTError
+
+PROMPTS = {
+    "English": ["Human: Please tell me about Microsoft in a few sentence? Assistant:",
+                "Human: Explain the moon landing to a 6 year old in a few sentences. Assistant:",
+                "Human: Write a short poem about a wise frog. Assistant:",
+                "Human: Who was president of the United States in 1955? Assistant:",
+                "Human: How does a telescope work? Assistant:",
+                "Human: Why do birds migrate south for the winter? Assistant:"],
+    "Chinese": ["Human: 请用几句话介绍一下微软? Assistant:",
+                "Human: 用几句话向6岁的孩子解释登月。 Assistant:",
+                "Human: 写一首关于一只聪明的青蛙的短诗。 Assistant:",
+                "Human: 谁是1955年的美国总统? Assistant:",
+                "Human: 望远镜是如何工作的? Assistant:",
+                "Human: 鸟类为什么要南迁过冬? Assistant:"],
+    "Japanese": ["Human: マイクロソフトについて簡単に教えてください。 Assistant:",
+                 "Human: 6歳児に月面着陸を短い文で説明する。 Assistant:",
+                 "Human: 賢いカエルについて短い詩を書いてください。 Assistant:",
+                 "Human: 1955年のアメリカ合衆国大統領は誰? Assistant:",
+                 "Human: 望遠鏡はどのように機能しますか? Assistant:",
+                 "Human: 鳥が冬に南に移動するのはなぜですか? Assistant:"],
+}
+
+STRATEGIES = ("greedy", "beam", "multinomial", "diverse_beam", "contrastive")
+
+
+def load_model(path: str):
+    """A saved or hub model and its tokenizer, in eval mode, with left padding for batches."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except OSError as err:
+        raise SFTError(f"cannot load model {path!r}: {str(err).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model.eval(), tokenizer
+
+
+def generation_kwargs(strategy: str, num_beams: int = 1, num_beam_groups: int = 1, top_k: int = 4,
+                      penalty_alpha: float = 0.6, num_return_sequences: int = 1) -> dict:
+    """The keyword arguments of ``generate`` for each decoding strategy of the original file."""
+    if strategy == "greedy":
+        return {"do_sample": False, "num_beams": 1}
+    if strategy == "beam":
+        return {"do_sample": False, "num_beams": max(num_beams, 2), "num_return_sequences": num_return_sequences}
+    if strategy == "multinomial":
+        return {"do_sample": True, "num_beams": 1, "num_return_sequences": num_return_sequences}
+    if strategy == "diverse_beam":
+        groups = max(num_beam_groups, 2)
+        return {"do_sample": False, "num_beams": max(num_beams, groups), "num_beam_groups": groups,
+                "diversity_penalty": 1.0, "num_return_sequences": num_return_sequences,
+                "custom_generate": "transformers-community/group-beam-search", "trust_remote_code": True}
+    if strategy == "contrastive":
+        return {"do_sample": False, "top_k": top_k, "penalty_alpha": penalty_alpha,
+                "custom_generate": "transformers-community/contrastive-search", "trust_remote_code": True}
+    raise SFTError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 100, batch_size: int = 64,
+             **kwargs) -> list[str]:
+    """The continuation of each prompt (special tokens removed), in batches with left padding."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True)
+        ids = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, **kwargs)
+        out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def normalise(text: str) -> str:
+    """The answer part of a response: up to the next turn, surrounding spaces removed."""
+    return text.split("\n\nHuman:")[0].split("Human:")[0].strip()
+
+
+def exact_match(model, tokenizer, rows: list[dict], max_new_tokens: int = 24) -> tuple[float, list[dict]]:
+    """Share of rows whose greedy answer equals ``chosen`` exactly (after trimming spaces)."""
+    answers = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens,
+                       do_sample=False)
+    results = [{"prompt": r["prompt"], "expected": r["chosen"].strip(), "got": normalise(a),
+                "family": r.get("family", "")} for r, a in zip(rows, answers)]
+    for r in results:
+        r["correct"] = r["got"] == r["expected"]
+    return sum(r["correct"] for r in results) / max(len(results), 1), results
+
+
+def print_utils(gen_output: list[str]) -> None:
+    for text in gen_output:
+        print(text)
+        print()
+
+
+def prompt_eval(args, model_baseline, model_fintuned, tokenizer, device, prompts) -> None:
+    """The original's printed layout: each prompt's baseline then fine-tuned generation."""
+    kwargs = generation_kwargs(args.strategy, args.num_beams, args.num_beam_groups, args.top_k,
+                               args.penalty_alpha, args.num_return_sequences)
+    label = args.strategy.replace("_", " ").title()
+    for prompt in prompts:
+        print(f"==========Baseline: {label}=========")
+        print_utils([prompt + t for t in generate(model_baseline, tokenizer, [prompt], args.max_new_tokens, **kwargs)])
+        print(f"==========finetune: {label}=========")
+        print_utils([prompt + t for t in generate(model_fintuned, tokenizer, [prompt], args.max_new_tokens, **kwargs)])
+        print("====================prompt end=============================")
+        print()
+        print()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Eval the finetued SFT model")
+    p.add_argument("--model_name_or_path_baseline", type=str, required=True)
+    p.add_argument("--model_name_or_path_finetune", type=str, required=True)
+    p.add_argument("--strategy", choices=STRATEGIES, default="greedy")
+    p.add_argument("--num_beams", type=int, default=1)
+    p.add_argument("--num_beam_groups", type=int, default=1)
+    p.add_argument("--top_k", type=int, default=4)
+    p.add_argument("--penalty_alpha", type=float, default=0.6)
+    p.add_argument("--num_return_sequences", type=int, default=1)
+    p.add_argument("--max_new_tokens", type=int, default=100)
+    p.add_argument("--language", type=str, default="English", choices=sorted(PROMPTS))
+    p.add_argument("--eval_file", type=str, default=None,
+                   help="json-lines rows (prompt, chosen): also print both exact-match scores")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    model_baseline, tokenizer = load_model(args.model_name_or_path_baseline)
+    model_fintuned, _ = load_model(args.model_name_or_path_finetune)
+    prompt_eval(args, model_baseline, model_fintuned, tokenizer, "cpu", PROMPTS[args.language])
+    if args.eval_file:
+        from sftlib.data import read_json_rows
+
+        rows = read_json_rows(args.eval_file)
+        for name, model in (("baseline", model_baseline), ("finetune", model_fintuned)):
+            score, _ = exact_match(model, tokenizer, rows)
+            print(f"exact match ({name}): {score:.1%} of {len(rows)} prompts")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except SFTError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,314 @@
+"""DeepSpeed-Chat step 1: supervised fine-tuning on a real DeepSpeed engine.
+
+The flow and argument names of ``training/step1_supervised_finetuning/main.py``; sftlib adds
+``--dtype fp32`` (what a CPU should use) and fails early, in one line, on bad input. Run it::
+
+    python -m sftlib.train --model_name_or_path toy_world/opt-tiny --data_path toy_world/data \\
+        --dtype fp32 --output_dir outputs/sft                     # one process, one rank
+    deepspeed --num_gpus 2 --module sftlib.train ... --zero_stage 3   # N ranks (CPU or GPU)
+
+or from Python: ``sftlib.train.main(["--model_name_or_path", ...])`` returns the run's history.
+
+Explained in notebooks/05_main_training_loop.ipynb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import socket
+import sys
+import time
+
+import torch
+
+from sftlib.utils import SFTError
+
+DTYPES = ("fp16", "bf16", "fp32")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """DeepSpeed-Chat's step-1 arguments, with their defaults, plus DeepSpeed's own."""
+    import deepspeed
+
+    p = argparse.ArgumentParser(description="Finetune a transformers model on a causal language modeling task")
+    p.add_argument("--data_path", nargs="*", default=["Dahoas/rm-static"],
+                   help="datasets, blended; a local folder with train.json/eval.json works offline")
+    p.add_argument("--data_split", type=str, default="2,4,4",
+                   help="proportions of each dataset for phases 1/2/3; SFT uses the first part")
+    p.add_argument("--sft_only_data_path", nargs="*", default=[], help="single-response sets, phase 1 only")
+    p.add_argument("--data_output_path", type=str, default="/tmp/data_files/",
+                   help="cache of split indices and tokenized sets; must be node-local")
+    p.add_argument("--model_name_or_path", type=str, required=True, help="hub id or local model folder")
+    p.add_argument("--per_device_train_batch_size", type=int, default=16)
+    p.add_argument("--per_device_eval_batch_size", type=int, default=16)
+    p.add_argument("--max_seq_len", type=int, default=512, help="pad-to and truncate-at length")
+    p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--num_train_epochs", type=int, default=1)
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--lr_scheduler_type", type=str, default="cosine",
+                   choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                            "constant_with_warmup"])
+    p.add_argument("--num_warmup_steps", type=int, default=0)
+    p.add_argument("--output_dir", type=str, default=None, help="where to save; nothing is saved when unset")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--local_rank", type=int, default=-1, help="set by the launcher")
+    p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--dropout", type=float, default=None, help="overrides every dropout key of the config")
+    p.add_argument("--offload", action="store_true", help="ZeRO offload to CPU (DeepSpeedCPUAdam)")
+    p.add_argument("--dtype", type=str, default="fp16", choices=DTYPES,
+                   help="fp16 or bf16 as in DeepSpeed-Chat; fp32 added for CPUs")
+    p.add_argument("--zero_stage", type=int, default=0)
+    p.add_argument("--lora_dim", type=int, default=0, help="LoRA rank; > 0 enables LoRA")
+    p.add_argument("--lora_module_name", type=str, default="decoder.layers.")
+    p.add_argument("--only_optimize_lora", action="store_true")
+    p.add_argument("--lora_learning_rate", type=float, default=5e-4)
+    p.add_argument("--compute_fp32_loss", action="store_true")
+    p.add_argument("--enable_tensorboard", action="store_true")
+    p.add_argument("--tensorboard_path", type=str, default="step1_tensorboard")
+    p.add_argument("--add_eot_token", action="store_true")
+    p.add_argument("--eot_token", type=str, default="<|endoftext|>")
+    p.add_argument("--print_loss", action="store_true", help="every rank prints its micro-step loss")
+    p = deepspeed.add_config_arguments(p)
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks and set-up
+# --------------------------------------------------------------------------------------------
+
+def accelerator_name() -> str:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name()
+
+
+def validate_args(args) -> None:
+    """Everything that can be checked before any work; each failure is one line naming the fix."""
+    from sftlib.utils import check_writable
+
+    if args.dtype == "fp16" and accelerator_name() == "cpu":
+        raise SFTError("--dtype fp16 does not exist on a CPU (DeepSpeed refuses it); "
+                       "use --dtype fp32 (bf16 works but is ~13x slower on AVX2 CPUs)")
+    if args.num_train_epochs <= 0:
+        raise SFTError(f"--num_train_epochs must be at least 1 (got {args.num_train_epochs})")
+    if args.only_optimize_lora and args.lora_dim <= 0:
+        raise SFTError("--only_optimize_lora needs --lora_dim > 0, otherwise nothing would train")
+    name = str(args.model_name_or_path)
+    if not os.path.isdir(name) and (os.path.exists(name) or not HUB_ID.match(name)):
+        raise SFTError(f"--model_name_or_path {name}: no such model folder")
+    for path in list(args.data_path) + list(args.sft_only_data_path):
+        if not os.path.exists(path) and (os.sep in path.strip("/") and path.startswith((".", "/", "~"))):
+            raise SFTError(f"--data_path {path}: no such file or folder")
+    if args.output_dir is not None:
+        check_writable(args.output_dir)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """Join the launcher's process group, or make a one-rank group for ``python -m``/notebooks."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    deepspeed.init_distributed()
+
+
+def build_optimizer(args, groups):
+    """DeepSpeedCPUAdam with offload, FusedAdam on GPUs, torch AdamW on a CPU (all AdamW, betas 0.9/0.95)."""
+    if args.offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=args.learning_rate, betas=(0.9, 0.95))
+    if accelerator_name() == "cpu":
+        return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
+    from deepspeed.ops.adam import FusedAdam
+
+    return FusedAdam(groups, lr=args.learning_rate, betas=(0.9, 0.95))
+
+
+def evaluation(model, eval_dataloader, device) -> tuple[float, float]:
+    """DeepSpeed-Chat's perplexity: mean of per-batch mean losses, averaged over ranks, then exp."""
+    from sftlib.utils import get_all_reduce_mean, to_device
+
+    model.eval()
+    losses = torch.zeros((), device=device)
+    step = 0
+    for step, batch in enumerate(eval_dataloader):
+        with torch.no_grad():
+            losses += model(**to_device(batch, device)).loss.float()
+    losses = get_all_reduce_mean(losses / (step + 1))
+    try:
+        perplexity = torch.exp(losses).item()
+    except OverflowError:
+        perplexity = float("inf")
+    model.train()
+    return perplexity, losses.item()
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
+
+
+# --------------------------------------------------------------------------------------------
+# main()
+# --------------------------------------------------------------------------------------------
+
+def main(args=None) -> dict:
+    """Run step 1 and return its history (losses, learning rates, perplexities, output folder)."""
+    import deepspeed
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, default_data_collator, get_scheduler
+
+    from sftlib import data, lora, model as model_utils, utils, zero
+    from sftlib.ds_config import get_train_ds_config
+
+    if not isinstance(args, argparse.Namespace):
+        args = parse_args(args)
+    validate_args(args)
+    init_distributed()
+    world, rank = dist.get_world_size(), dist.get_rank()
+    args.local_rank = utils.local_rank()
+    if accelerator_name() == "cpu":
+        device = torch.device("cpu")
+    else:
+        get_accelerator().set_device(args.local_rank)
+        device = torch.device(get_accelerator().device_name(), args.local_rank)
+    t_start = time.time()
+
+    ds_config = get_train_ds_config(offload=args.offload, dtype=args.dtype, stage=args.zero_stage,
+                                    enable_tensorboard=args.enable_tensorboard,
+                                    tb_path=args.tensorboard_path, tb_name="step1_model")
+    ds_config["train_micro_batch_size_per_gpu"] = args.per_device_train_batch_size
+    ds_config["train_batch_size"] = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
+
+    utils.set_random_seed(args.seed)
+    dist.barrier()
+
+    extra_tokens = args.eot_token if args.add_eot_token else None
+    tokenizer = model_utils.load_hf_tokenizer(args.model_name_or_path, fast_tokenizer=True,
+                                              add_special_tokens=extra_tokens)
+    model = model_utils.create_hf_model(AutoModelForCausalLM, args.model_name_or_path, tokenizer,
+                                        ds_config, dropout=args.dropout)
+    if args.compute_fp32_loss:
+        model_utils.causal_lm_model_to_fp32_loss(model)
+    if args.lora_dim > 0:
+        model = lora.convert_linear_layer_to_lora(model, args.lora_module_name, args.lora_dim)
+        if args.only_optimize_lora:
+            model = lora.only_optimize_lora_parameters(model)
+            model = lora.make_model_gradient_checkpointing_compatible(model)
+
+    train_dataset, eval_dataset = data.create_prompt_dataset(
+        args.local_rank, args.data_path, args.data_split, args.data_output_path, 1, args.seed, tokenizer,
+        args.max_seq_len, end_of_conversation_token=tokenizer.eos_token,
+        sft_only_data_path=args.sft_only_data_path)
+    if len(train_dataset) == 0:
+        raise SFTError(f"the training set is empty after --data_split {args.data_split}; give phase 1 a share")
+    train_dataloader = DataLoader(train_dataset, collate_fn=default_data_collator,
+                                  sampler=DistributedSampler(train_dataset, seed=args.seed),
+                                  batch_size=args.per_device_train_batch_size)
+    eval_dataloader = DataLoader(eval_dataset, collate_fn=default_data_collator,
+                                 sampler=DistributedSampler(eval_dataset, shuffle=False),
+                                 batch_size=args.per_device_eval_batch_size)
+
+    groups = utils.get_optimizer_grouped_parameters(model, args.weight_decay, args.lora_learning_rate)
+    optimizer = build_optimizer(args, groups)
+    updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    lr_scheduler = get_scheduler(name=args.lr_scheduler_type, optimizer=optimizer,
+                                 num_warmup_steps=args.num_warmup_steps,
+                                 num_training_steps=args.num_train_epochs * updates_per_epoch)
+    model, optimizer, _, lr_scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, args=args, config=ds_config, lr_scheduler=lr_scheduler,
+        dist_init_required=True)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+
+    history = {"step": [], "loss": [], "lr": [], "tokens_per_s": [], "eval": [], "world_size": world,
+               "train_samples": len(train_dataset), "eval_samples": len(eval_dataset)}
+
+    def evaluate(epoch):
+        utils.print_rank_0(f"***** Evaluating perplexity, Epoch {epoch}/{args.num_train_epochs} *****")
+        ppl, loss = evaluation(model, eval_dataloader, device)
+        utils.print_rank_0(f"ppl: {ppl}, loss: {loss}")
+        history["eval"].append({"epoch": epoch, "ppl": ppl, "loss": loss})
+
+    utils.print_rank_0("***** Running training *****")
+    evaluate(0)
+    for epoch in range(args.num_train_epochs):
+        utils.print_rank_0(f"Beginning of Epoch {epoch + 1}/{args.num_train_epochs}, "
+                           f"Total Micro Batches {len(train_dataloader)}")
+        model.train()
+        bar = tqdm(train_dataloader, desc=f"epoch {epoch + 1}/{args.num_train_epochs}",
+                   disable=rank != 0, leave=False, file=sys.stdout)
+        acc_loss, acc_tokens, t0 = 0.0, 0, time.time()
+        for step, batch in enumerate(bar):
+            batch = utils.to_device(batch, device)
+            loss = model(**batch, use_cache=False).loss
+            if args.print_loss:
+                print(f"Epoch: {epoch}, Step: {step}, Rank: {rank}, loss = {loss}", flush=True)
+            model.backward(loss)
+            model.step()
+            acc_loss += loss.item() / args.gradient_accumulation_steps
+            acc_tokens += int(batch["attention_mask"].sum())
+            if (step + 1) % args.gradient_accumulation_steps:
+                continue
+            stats = utils.get_all_reduce_mean(torch.tensor([acc_loss, acc_tokens], dtype=torch.float64))
+            tok_s = float(stats[1]) * world / max(time.time() - t0, 1e-9)
+            lr = lr_scheduler.get_last_lr()[0]
+            history["step"].append(model.global_steps)
+            history["loss"].append(float(stats[0]))
+            history["lr"].append(lr)
+            history["tokens_per_s"].append(tok_s)
+            if rank == 0:
+                bar.write(f"step {model.global_steps} | loss {float(stats[0]):.4f} | "
+                          f"{_fmt_rate(tok_s)} tok/s | lr {lr:.1e}")
+            acc_loss, acc_tokens, t0 = 0.0, 0, time.time()
+        evaluate(epoch + 1)
+        model.tput_timer.update_epoch_count()
+
+    history["train_seconds"] = time.time() - t_start
+    if args.output_dir is not None:
+        utils.print_rank_0("saving the final model ...")
+        model = lora.convert_lora_to_linear_layer(model)
+        if args.zero_stage == 3:
+            zero.save_zero_three_model(model, rank, args.output_dir, zero_stage=3, tokenizer=tokenizer)
+        elif rank == 0:
+            utils.save_hf_format(model, tokenizer, args)
+        if rank == 0:
+            with open(os.path.join(args.output_dir, "training_history.json"), "w") as f:
+                json.dump(history, f, indent=1)
+        history["output_dir"] = args.output_dir
+        utils.print_rank_0(f"saved to {args.output_dir}")
+    return history
+
+
+def cli(argv=None) -> None:
+    """Entry point: a user error prints ``error: ...`` once and exits 2."""
+    try:
+        main(argv)
+    except SFTError as err:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,87 @@
+"""sftlib.train: a real DeepSpeed run saves a complete HF folder; bad input fails in one line."""
+
+import os
+import sys
+
+import pytest
+
+from conftest import run_cli
+
+TRAIN = [sys.executable, "-m", "sftlib.train"]
+
+
+def small_args(world, out, *extra):
+    return ["--model_name_or_path", str(world["opt"]), "--data_path", str(world["data"]),
+            "--data_split", "10,0,0", "--max_seq_len", "48", "--per_device_train_batch_size", "32",
+            "--num_train_epochs", "1", "--dtype", "fp32", "--output_dir", str(out), *extra]
+
+
+def assert_loads_and_generates(folder):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    names = set(os.listdir(folder))
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert not any(n.endswith(".bin") for n in names)
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert tok.eos_token == "</s>" and len(tok) > 1000, "the whole tokenizer came back"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    gen = pipeline("text-generation", model=model, tokenizer=tok)
+    out = gen("\n\nHuman: What is the opposite of hot?\n\nAssistant:", max_new_tokens=5, do_sample=False)
+    assert out[0]["generated_text"].startswith("\n\nHuman: What is the opposite of hot?")
+
+
+def test_one_rank_run_trains_and_saves(world, tmp_path):
+    from sftlib.train import main
+
+    history = main(small_args(world, tmp_path / "sft"))
+    assert history["loss"][-1] < history["loss"][0]
+    assert history["eval"][-1]["ppl"] < history["eval"][0]["ppl"]
+    assert_loads_and_generates(tmp_path / "sft")
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")], "no temporary folder left behind"
+
+
+@pytest.mark.slow
+def test_two_ranks_zero3_saves_a_loadable_folder(world, tmp_path):
+    out = tmp_path / "z3"
+    proc = run_cli(["deepspeed", "--num_gpus", "2", "--master_port", "29561", "--module", "sftlib.train",
+                    *small_args(world, out, "--zero_stage", "3")])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_loads_and_generates(out)
+
+
+@pytest.mark.parametrize("change, message", [
+    (("--dtype", "fp16"), "--dtype fp16 does not exist on a CPU"),
+    (("--model_name_or_path", "./no/such/model"), "no such model folder"),
+    (("--data_path", "./no/such/data"), "no such file or folder"),
+    (("--num_train_epochs", "0"), "--num_train_epochs must be at least 1"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, change, message):
+    args = small_args(world, tmp_path / "out")
+    i = args.index(change[0])
+    args[i + 1] = change[1]
+    proc = run_cli(TRAIN + args)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and message in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_dir(world, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = run_cli(TRAIN + small_args(world, blocker / "out"))
+    assert proc.returncode == 2 and "cannot be written" in proc.stderr
+
+
+def test_missing_data_file_names_the_file(world, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.json").write_text((world["data"] / "train.json").read_text())
+    proc = run_cli(TRAIN + small_args(world, tmp_path / "out", "--data_path", str(data)))
+    assert proc.returncode == 2 and "no eval.json" in proc.stderr and str(data) in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_id_offline_is_a_clear_error(world, tmp_path):
+    proc = run_cli(TRAIN + small_args(world, tmp_path / "out", "--model_name_or_path", "facebook/opt-1.3b"),
+                   env_extra={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and "'facebook/opt-1.3b'" in proc.stderr and "offline" in proc.stderr
