@@ -1,0 +1,143 @@
+"""Throughput: samples/s, tokens/s and TFLOPs per device, with Megatron's FLOPs formula done right.
+
+DeepSpeed-Chat's ``dschat/utils/perf.py`` prints ``TFLOPs`` after dividing a per-device FLOP count
+by the world size (so 8 GPUs report an eighth of the truth), reads the config through
+``model.model`` (which a DeepSpeed engine does not have: DeepSpeedExamples #924), and applies the
+recompute form of the formula to runs without recompute. Here the count is per device, the sizes
+come from ``model.config`` under any of the usual names, and every term is counted once:
+
+    per token, forward:  L * (2*h*(2h + 2*kv) + 2*m*h*f + 4*s*h) + 2*h*V
+    per token, train:    3 * forward (+1 forward of the layers with gradient checkpointing)
+
+With ``kv = h``, ``f = 4h`` and ``m = 2`` (GPT/OPT blocks) and recompute this is exactly Megatron's
+``96 B s L h^2 (1 + s/(6h) + V/(16 L h))``. Explained in notebooks/06_hybrid_engine_and_logs.ipynb.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+_HIDDEN = ("hidden_size", "n_embd", "d_model", "dim")
+_LAYERS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+_HEADS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
+_FFN = ("intermediate_size", "ffn_dim", "n_inner", "d_ff", "ffn_hidden_size")
+_GATED_ACTS = ("silu", "swiglu", "geglu", "gelu_pytorch_tanh")  # Llama/Mistral/Qwen/Gemma style MLPs
+
+
+def _get(config, names, default=None):
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    if default is None:
+        raise ValueError(f"{type(config).__name__} has none of {names}; pass the sizes by hand")
+    return default
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes a FLOP count needs: hidden, layers, vocabulary, heads, KV width, MLP width, gated MLP."""
+
+    hidden: int
+    layers: int
+    vocab: int
+    heads: int
+    kv_dim: int
+    ffn: int
+    gated: bool
+
+
+def model_dims(model_or_config) -> ModelDims:
+    """Read the sizes from a Hugging Face config, model or DeepSpeed engine (never ``model.model``)."""
+    config = model_or_config
+    for attr in ("module", "config"):  # engine -> model -> config
+        if hasattr(config, attr) and not isinstance(config, dict):
+            config = getattr(config, attr)
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    hidden = int(_get(config, _HIDDEN))
+    heads = int(_get(config, _HEADS))
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    ffn = int(_get(config, _FFN, 4 * hidden))
+    act = str(getattr(config, "hidden_act", getattr(config, "activation_function", ""))).lower()
+    gated = getattr(config, "model_type", "") in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2") \
+        or act in _GATED_ACTS and hasattr(config, "intermediate_size")
+    return ModelDims(hidden, int(_get(config, _LAYERS)), int(_get(config, ("vocab_size",))), heads,
+                     hidden // heads * kv_heads, ffn, bool(gated))
+
+
+def forward_flops_per_token(dims: ModelDims, seq_len: int) -> float:
+    """Matmul FLOPs of one token's forward pass (2 per multiply-add; attention over ``seq_len``)."""
+    h = dims.hidden
+    attention_proj = 2 * h * (2 * h + 2 * dims.kv_dim)
+    mlp = 2 * (3 if dims.gated else 2) * h * dims.ffn
+    attention_scores = 4 * seq_len * h
+    return dims.layers * (attention_proj + mlp + attention_scores) + 2 * h * dims.vocab
+
+
+def train_flops(model_or_config, batch_size: int, seq_len: int, gradient_checkpointing: bool = False) -> float:
+    """FLOPs one device does for one micro batch of ``batch_size`` x ``seq_len`` (padded) tokens."""
+    dims = model_or_config if isinstance(model_or_config, ModelDims) else model_dims(model_or_config)
+    per_token = 3 * forward_flops_per_token(dims, seq_len)
+    if gradient_checkpointing:  # the layers run forward twice; the LM head does not
+        per_token += forward_flops_per_token(dims, seq_len) - 2 * dims.hidden * dims.vocab
+    return float(batch_size * seq_len * per_token)
+
+
+def megatron_flops(batch_size: int, seq_len: int, layers: int, hidden: int, vocab: int,
+                   checkpoint_factor: int = 4) -> float:
+    """The formula as DeepSpeed-Chat writes it: ``24 c B s L h^2 (1 + s/(6h) + V/(16 L h))``."""
+    return (24 * checkpoint_factor * batch_size * seq_len * layers * hidden ** 2
+            * (1 + seq_len / (6 * hidden) + vocab / (16 * layers * hidden)))
+
+
+def tflops(flops: float, seconds: float) -> float:
+    """TFLOP/s of one device: its own FLOPs over its own time; never divided by the world size."""
+    return flops / max(seconds, 1e-12) / 1e12
+
+
+def profile_forward_flops(model, input_ids: torch.Tensor) -> float:
+    """DeepSpeed's flops profiler on one forward pass (what ``train_flops / 3`` should match)."""
+    from deepspeed.profiling.flops_profiler import get_model_profile
+
+    with torch.no_grad():
+        flops, _, _ = get_model_profile(model, kwargs={"input_ids": input_ids}, print_profile=False,
+                                        detailed=False, as_string=False, warm_up=0)
+    return float(flops)
+
+
+class StepMeter:
+    """Counts samples, tokens and FLOPs of this rank's micro batches between two log lines."""
+
+    def __init__(self, model_or_config, gradient_checkpointing: bool = False, world_size: int = 1):
+        self.dims = model_dims(model_or_config)
+        self.checkpointing = gradient_checkpointing
+        self.world_size = world_size
+        self.reset()
+
+    def reset(self) -> None:
+        self.samples, self.tokens, self.flops, self.t0 = 0, 0, 0.0, time.time()
+
+    def add(self, batch: dict) -> None:
+        """Count one micro batch (``input_ids`` of shape batch x padded length)."""
+        b, s = batch["input_ids"].shape[:2]
+        self.samples += b
+        self.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else b * s
+        self.flops += train_flops(self.dims, b, s, self.checkpointing)
+
+    def report(self) -> dict:
+        """Rates since the last report (samples/s and tokens/s for all ranks, TFLOPs per device); resets."""
+        seconds = max(time.time() - self.t0, 1e-9)
+        out = {"samples_per_s": self.samples * self.world_size / seconds,
+               "tokens_per_s": self.tokens * self.world_size / seconds,
+               "tflops": tflops(self.flops, seconds), "seconds": seconds}
+        self.reset()
+        return out
+
+    def line(self) -> str:
+        """``12.3 samples/s | 0.004 TFLOPs``, for the training log line; resets."""
+        r = self.report()
+        return f"{r['samples_per_s']:.1f} samples/s | {r['tflops']:.3g} TFLOPs"
