@@ -1,7 +1,23 @@
-"""LoRA as DeepSpeed-Chat writes it (``dschat/utils/module/lora.py``).
+"""LoRA as DeepSpeed-Chat writes it (``dschat/utils/module/lora.py``), plus the way out to PEFT.
 
-A frozen base weight ``W`` plus a trainable low-rank update: ``y = x W^T + b + (x R L) * s`` with
-``R`` (in, r) Kaiming-uniform, ``L`` (r, out) zeros and ``s = lora_scaling / r``.
+A frozen base weight ``W`` (out, in) gains a trainable low-rank update::
+
+    y = x W^T + b + (dropout(x) @ R @ L) * s,   R: (in, r) Kaiming-uniform,  L: (r, out) zeros,
+    s = lora_scaling / r
+
+``R`` is ``lora_right_weight`` and ``L`` is ``lora_left_weight``. PEFT stores the same update as
+``lora_A.weight = R^T`` (r, in) and ``lora_B.weight = L^T`` (out, r) with ``s = lora_alpha / r``,
+so ``lora_alpha = lora_scaling`` and the weights are only transposed (``export_peft_adapter``).
+
+What sftlib changes from the original:
+
+- a module name that matches nothing is an error listing the names that would match (the original
+  converted nothing and training failed later with "element 0 of tensors does not require grad");
+- GPT-2-style ``Conv1D`` layers (weight stored transposed) are converted too, not skipped;
+- a rank larger than a layer, a rank <= 0, and a head tied to the input embedding are refused;
+- ``unfuse_lora_weight`` for the whole model, and an export to a PEFT adapter folder.
+
+Every function works on a plain model, a DeepSpeed engine and a ZeRO-3-partitioned model.
 
 Explained in notebooks/03_lora_conversion.ipynb.
 """
@@ -9,6 +25,7 @@ Explained in notebooks/03_lora_conversion.ipynb.
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -16,59 +33,81 @@ from torch import nn
 
 from sftlib.utils import SFTError
 
+LORA_NAMES = ("lora_right_weight", "lora_left_weight")
+
+
+def _conv1d_class():
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return ()
+    return Conv1D
+
 
 class LinearLayer_LoRA(nn.Module):
-    """A linear layer with a frozen weight and a trainable rank-``lora_dim`` update."""
+    """A linear layer with a frozen weight and a trainable rank-``lora_dim`` update.
 
-    def __init__(self, weight, lora_dim=0, lora_scaling=1, lora_droppout=0, bias=None):
+    ``weight`` is the layer's existing parameter (out, in); ``fan_in_fan_out=True`` says it is stored
+    transposed (in, out), as GPT-2's ``Conv1D`` stores it. Under ZeRO-3 the shape comes from
+    ``weight.ds_shape`` because the local tensor is an empty partition.
+    """
+
+    def __init__(self, weight, lora_dim=0, lora_scaling=1, lora_droppout=0, bias=None, fan_in_fan_out=False):
         super().__init__()
         if lora_dim <= 0:
             raise SFTError(f"--lora_dim must be > 0 to build a LoRA layer (got {lora_dim})")
-        self.weight, self.bias = weight, bias
-        try:
-            rows, columns = weight.ds_shape  # ZeRO-3 partitioned parameter
-        except AttributeError:
-            rows, columns = weight.shape
+        self.weight, self.bias, self.fan_in_fan_out = weight, bias, fan_in_fan_out
+        rows, columns = _full_shape(weight)
+        if fan_in_fan_out:
+            rows, columns = columns, rows
         if lora_dim > min(rows, columns):
-            raise SFTError(f"--lora_dim {lora_dim} is larger than a layer's dimensions ({columns} -> {rows})")
-        self.lora_right_weight = nn.Parameter(torch.zeros(columns, lora_dim))
-        self.lora_left_weight = nn.Parameter(torch.zeros(lora_dim, rows))
+            raise SFTError(f"--lora_dim {lora_dim} is larger than a layer's dimensions "
+                           f"({columns} -> {rows}); use at most {min(rows, columns)}")
+        self.lora_right_weight = nn.Parameter(torch.zeros(columns, lora_dim, dtype=weight.dtype))
+        self.lora_left_weight = nn.Parameter(torch.zeros(lora_dim, rows, dtype=weight.dtype))
         self.lora_scaling = lora_scaling / lora_dim
         self.lora_dropout = nn.Dropout(lora_droppout) if lora_droppout > 0 else nn.Identity()
         self.reset_parameters()
         self.weight.requires_grad = False
         self.fuse_lora = False
 
-    def eval(self):
-        self.lora_dropout.eval()
-        return self
-
-    def train(self, mode=True):
-        self.lora_dropout.train(mode)
-        return self
+    def extra_repr(self):
+        rows, columns = self.lora_left_weight.shape[-1], self.lora_right_weight.shape[0]
+        return f"in={columns}, out={rows}, r={self.lora_right_weight.shape[-1]}, scaling={self.lora_scaling:g}"
 
     def reset_parameters(self):
-        nn.init.kaiming_uniform_(self.lora_right_weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_left_weight)
+        nn.init.kaiming_uniform_(self.lora_right_weight, a=math.sqrt(5))  # fan-in is r: U(-1/sqrt(r), 1/sqrt(r))
+        nn.init.zeros_(self.lora_left_weight)  # so the update starts at exactly zero
 
-    def _delta(self):
-        return self.lora_scaling * torch.matmul(self.lora_left_weight.t(), self.lora_right_weight.t())
+    def lora_delta(self):
+        """``s * L^T R^T`` (out, in): what fusing adds to the weight (transposed for ``fan_in_fan_out``)."""
+        delta = self.lora_scaling * torch.matmul(self.lora_left_weight.t(), self.lora_right_weight.t())
+        return delta.t() if self.fan_in_fan_out else delta
 
     def fuse_lora_weight(self):
         if not self.fuse_lora:
-            self.weight.data += self._delta()
+            self.weight.data += self.lora_delta()
         self.fuse_lora = True
 
     def unfuse_lora_weight(self):
         if self.fuse_lora:
-            self.weight.data -= self._delta()
+            self.weight.data -= self.lora_delta()
         self.fuse_lora = False
 
     def forward(self, x):
-        out = F.linear(x, self.weight, self.bias)
+        weight = self.weight.t() if self.fan_in_fan_out else self.weight
+        out = F.linear(x, weight, self.bias)
         if self.fuse_lora:
             return out
         return out + (self.lora_dropout(x) @ self.lora_right_weight @ self.lora_left_weight) * self.lora_scaling
+
+
+def _full_shape(param):
+    return tuple(param.ds_shape) if hasattr(param, "ds_shape") else tuple(param.shape)
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
 def _recursive_getattr(model, name):
@@ -82,51 +121,119 @@ def _recursive_setattr(model, name, module):
     setattr(_recursive_getattr(model, parent) if parent else model, child, module)
 
 
-def convert_linear_layer_to_lora(model, part_module_name, lora_dim=0, lora_scaling=1, lora_droppout=0):
-    """Wrap every ``nn.Linear`` whose name contains ``part_module_name`` in ``LinearLayer_LoRA``.
+def lora_candidates(model) -> dict[str, int]:
+    """Substrings that select the repeated linear blocks: ``{"model.layers.": 28, "lm_head": 1}``.
 
-    A name that matches no Linear layer is an error listing candidates (the original silently
-    converted nothing).
+    Each Linear/Conv1D name is cut before its first numeric part (the layer index), so one entry
+    stands for a whole stack of layers.
     """
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and part_module_name in n]
-    if not names:
-        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        prefixes = sorted({n.rsplit(".", 2)[0] + "." for n in linear if "." in n})[:6]
-        raise SFTError(f"--lora_module_name {part_module_name!r} matches no Linear layer; "
-                       f"candidates look like: {', '.join(prefixes) or 'none (no nn.Linear in the model)'}")
-    for name in names:
-        module = _recursive_getattr(model, name)
-        layer = LinearLayer_LoRA(module.weight, lora_dim, lora_scaling, lora_droppout, module.bias)
-        _recursive_setattr(model, name, layer.to(module.weight.device).to(module.weight.dtype))
+    kinds = (nn.Linear, _conv1d_class())
+    counts: dict[str, int] = {}
+    for name, module in _unwrap(model).named_modules():
+        if isinstance(module, kinds):
+            parts = name.split(".")
+            cut = next((i for i, p in enumerate(parts) if p.isdigit()), len(parts))
+            key = ".".join(parts[:cut]) + ("." if cut < len(parts) else "")
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def find_lora_targets(model, part_module_name) -> list[tuple[str, nn.Module]]:
+    """The ``(name, module)`` pairs ``convert_linear_layer_to_lora`` would wrap, or a clear error."""
+    model = _unwrap(model)
+    kinds = (nn.Linear, _conv1d_class())
+    matched = [(n, m) for n, m in model.named_modules() if n and part_module_name in n]
+    targets = [(n, m) for n, m in matched if isinstance(m, kinds)]
+    if targets:
+        return targets
+    hint = ", ".join(f"{k!r} ({v} layer{'s' if v > 1 else ''})" for k, v in lora_candidates(model).items())
+    other = f"; it matches {len(matched)} other modules, e.g. {matched[0][0]} ({type(matched[0][1]).__name__})" \
+        if matched else ""
+    raise SFTError(f"--lora_module_name {part_module_name!r} matches no nn.Linear or Conv1D layer of "
+                   f"{type(model).__name__}{other}; names that would match: {hint or 'none'}")
+
+
+def convert_linear_layer_to_lora(model, part_module_name, lora_dim=0, lora_scaling=1, lora_droppout=0):
+    """Wrap every ``nn.Linear`` (and ``Conv1D``) whose name contains ``part_module_name`` in LoRA.
+
+    Nothing is changed unless every selected layer can be converted. Returns the model.
+    """
+    if lora_dim <= 0:
+        raise SFTError(f"--lora_dim must be > 0 to add LoRA layers (got {lora_dim})")
+    model = _unwrap(model)
+    targets = find_lora_targets(model, part_module_name)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    conv1d = _conv1d_class()
+    for name, module in targets:
+        rows, columns = _full_shape(module.weight)
+        if lora_dim > min(rows, columns):
+            raise SFTError(f"--lora_dim {lora_dim} is larger than layer {name} ({rows} x {columns}); "
+                           f"use at most {min(rows, columns)}")
+        if embeddings is not None and module.weight is getattr(embeddings, "weight", None):
+            raise SFTError(f"layer {name} shares its weight with the input embedding, so fusing LoRA into it "
+                           f"would change the embedding too; choose a --lora_module_name that leaves it out")
+    for name, module in targets:
+        layer = LinearLayer_LoRA(module.weight, lora_dim, lora_scaling, lora_droppout, module.bias,
+                                 fan_in_fan_out=isinstance(module, conv1d))
+        _recursive_setattr(model, name, layer.to(module.weight.device))
     return model
+
+
+def lora_layers(model) -> list[tuple[str, LinearLayer_LoRA]]:
+    """Every LoRA layer of the model, with its name."""
+    return [(n, m) for n, m in _unwrap(model).named_modules() if isinstance(m, LinearLayer_LoRA)]
 
 
 def _zero3_params(module):
     return [p for p in module.parameters() if hasattr(p, "ds_id")]
 
 
-def convert_lora_to_linear_layer(model):
-    """Fuse every LoRA update into its base weight (gathering it first under ZeRO-3)."""
+def _gathered(module, modifier_rank=None):
     import deepspeed
 
-    for module in model.modules():
-        if isinstance(module, LinearLayer_LoRA):
-            with deepspeed.zero.GatheredParameters(_zero3_params(module), modifier_rank=0,
-                                                   enabled=bool(_zero3_params(module))):
-                module.fuse_lora_weight()
+    params = _zero3_params(module)
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank, enabled=bool(params))
+
+
+def convert_lora_to_linear_layer(model):
+    """Fuse every LoRA update into its base weight (``W += s L^T R^T``), gathering it under ZeRO-3.
+
+    After fusing, the forward pass uses the base weight alone, and a state dict without the
+    ``lora_*`` keys is an ordinary model that plain transformers loads.
+    """
+    for _, module in lora_layers(model):
+        with _gathered(module, modifier_rank=0):
+            module.fuse_lora_weight()
+    return model
+
+
+def unfuse_lora_weight(model):
+    """Undo ``convert_lora_to_linear_layer``: subtract each update again, back to a trainable LoRA model."""
+    for _, module in lora_layers(model):
+        with _gathered(module, modifier_rank=0):
+            module.unfuse_lora_weight()
     return model
 
 
 def only_optimize_lora_parameters(model, force_optimize_params=()):
-    """Leave ``requires_grad`` on LoRA parameters (and ``force_optimize_params``) only."""
-    for name, param in model.named_parameters():
-        param.requires_grad = "lora_right_weight" in name or "lora_left_weight" in name or \
-            any(f in name for f in force_optimize_params)
+    """Leave ``requires_grad`` on LoRA parameters (and names containing a ``force_optimize_params`` entry)."""
+    named = list(_unwrap(model).named_parameters())
+    if not any(n.endswith(LORA_NAMES) for n, _ in named):
+        raise SFTError("the model has no LoRA parameters, so nothing would train; "
+                       "convert it first (--lora_dim > 0 and a --lora_module_name that matches)")
+    for name, param in named:
+        param.requires_grad = name.endswith(LORA_NAMES) or any(f in name for f in force_optimize_params)
     return model
 
 
 def make_model_gradient_checkpointing_compatible(model):
-    """Make the embedding output require grad, so checkpointing works with a frozen base."""
+    """Make the embedding output require grad, so checkpointing works with a frozen base.
+
+    Reentrant checkpointing (torch's old default, DeepSpeed-Chat's era) only back-propagates into a
+    block whose inputs require grad; with a frozen embedding they do not, and the LoRA weights
+    inside get no gradient. transformers >= 5 checkpoints non-reentrantly and does not need this.
+    """
+    model = _unwrap(model)
     if hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     elif hasattr(model, "get_input_embeddings"):
@@ -134,4 +241,96 @@ def make_model_gradient_checkpointing_compatible(model):
             output.requires_grad_(True)
 
         model.get_input_embeddings().register_forward_hook(make_inputs_require_grad)
+    return model
+
+
+def count_parameters(model) -> dict[str, int]:
+    """Total and trainable parameter counts (ZeRO-3 partitions counted at full size)."""
+    params = list(_unwrap(model).parameters())
+    numel = [p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params]
+    return {"total": sum(numel), "trainable": sum(n for n, p in zip(numel, params) if p.requires_grad)}
+
+
+# --------------------------------------------------------------------------------------------
+# PEFT interop
+# --------------------------------------------------------------------------------------------
+
+def lora_state_for_peft(model) -> tuple[dict[str, torch.Tensor], dict]:
+    """PEFT's view of the LoRA weights: ``{"<name>.lora_A.weight": R^T, "<name>.lora_B.weight": L^T}``.
+
+    Also returns the settings PEFT needs (rank, alpha, targets, fan_in_fan_out). Every rank must
+    call it under ZeRO-3 (the weights are gathered); the tensors are CPU copies.
+    """
+    layers = lora_layers(model)
+    if not layers:
+        raise SFTError("the model has no LoRA layers to export; convert it with --lora_dim > 0 first")
+    if any(m.fuse_lora for _, m in layers):
+        raise SFTError("the LoRA layers are fused into the base weights; call unfuse_lora_weight before exporting")
+    ranks = {m.lora_right_weight.ds_shape[-1] if hasattr(m.lora_right_weight, "ds_shape")
+             else m.lora_right_weight.shape[-1] for _, m in layers}
+    scalings = {m.lora_scaling for _, m in layers}
+    fan = {m.fan_in_fan_out for _, m in layers}
+    if len(ranks) != 1 or len(scalings) != 1 or len(fan) != 1:
+        raise SFTError("every LoRA layer must share one rank, scaling and layout to be exported as one PEFT adapter")
+    state = {}
+    for name, module in layers:
+        with _gathered(module):
+            state[f"{name}.lora_A.weight"] = module.lora_right_weight.detach().t().contiguous().cpu().clone()
+            state[f"{name}.lora_B.weight"] = module.lora_left_weight.detach().t().contiguous().cpu().clone()
+    r = ranks.pop()
+    settings = {"r": r, "lora_alpha": scalings.pop() * r, "target_modules": [n for n, _ in layers],
+                "fan_in_fan_out": fan.pop()}
+    return state, settings
+
+
+def export_peft_adapter(model, base_model_name_or_path, out_dir, global_rank=0):
+    """Write the LoRA weights as a PEFT adapter folder that ``peft.PeftModel.from_pretrained`` loads.
+
+    ``out_dir`` gets ``adapter_config.json`` (``r``, ``lora_alpha = lora_scaling``, the exact module
+    names, ``base_model_name_or_path``) and ``adapter_model.safetensors``. The base model must be
+    the one LoRA was added to, with the same vocabulary size. Under ZeRO-3 every rank calls this and
+    ``global_rank`` 0 writes. Returns ``out_dir``.
+    """
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    state, settings = lora_state_for_peft(model)
+    if global_rank != 0:
+        return out_dir
+    alpha = settings["lora_alpha"]
+    config = LoraConfig(r=settings["r"], lora_alpha=int(alpha) if float(alpha).is_integer() else alpha,
+                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+                        target_modules=settings["target_modules"], fan_in_fan_out=settings["fan_in_fan_out"],
+                        base_model_name_or_path=str(base_model_name_or_path))
+    config.save_pretrained(str(out_dir))
+    prefix = "base_model.model."
+    save_file({prefix + k: v for k, v in state.items()}, f"{out_dir}/adapter_model.safetensors",
+              metadata={"format": "pt"})
+    return out_dir
+
+
+def load_lora_from_peft(model, peft_state: dict, strict=True):
+    """Copy PEFT LoRA tensors (names as PEFT's state dict has them) into sftlib's LoRA layers.
+
+    Accepts keys with or without the ``base_model.model.`` prefix and the adapter name
+    (``lora_A.default.weight``). Used to give both implementations the same weights.
+    """
+    clean = {}
+    for key, value in peft_state.items():
+        key = re.sub(r"^base_model\.model\.", "", key)
+        key = re.sub(r"\.lora_([AB])\.[^.]+\.weight$", r".lora_\1.weight", key)
+        clean[key] = value
+    used = set()
+    for name, module in lora_layers(model):
+        for peft_name, attr in (("lora_A", "lora_right_weight"), ("lora_B", "lora_left_weight")):
+            key = f"{name}.{peft_name}.weight"
+            if key not in clean:
+                if strict:
+                    raise SFTError(f"the PEFT weights have no {key}")
+                continue
+            with _gathered(module, modifier_rank=0):
+                getattr(module, attr).data.copy_(clean[key].t())
+            used.add(key)
+    if strict and set(clean) - used:
+        raise SFTError(f"PEFT tensors with no sftlib LoRA layer: {sorted(set(clean) - used)[:3]}")
     return model
