@@ -1,0 +1,76 @@
+"""sftlib.perf: FLOPs per device from model.config, checked against DeepSpeed's flops profiler."""
+
+import types
+
+import pytest
+import torch
+
+from sftlib import perf
+
+
+def _profiler_ratio(model, batch, seq):
+    ids = torch.randint(4, 1000, (batch, seq))
+    measured = perf.profile_forward_flops(model, ids)
+    return perf.train_flops(model, batch, seq) / 3 / measured
+
+
+@pytest.mark.parametrize("seq", [64, 512])
+def test_agrees_with_deepspeed_flops_profiler_on_the_tiny_model(world, seq):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(world["opt"])
+    assert abs(_profiler_ratio(model, 2, seq) - 1) < 0.10
+
+
+@pytest.mark.parametrize("kind", ["llama_gqa", "gpt2"])
+def test_any_architecture_reads_its_own_config_names(kind):
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    if kind == "llama_gqa":  # gated MLP, grouped KV heads, intermediate_size
+        config = LlamaConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=344)
+    else:  # n_embd / n_layer / n_head and Conv1D layers
+        config = GPT2Config(vocab_size=1000, n_embd=128, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+    model = AutoModelForCausalLM.from_config(config)
+    dims = perf.model_dims(model)
+    assert (dims.hidden, dims.layers, dims.vocab) == (128, 2, 1000)
+    assert dims.gated == (kind == "llama_gqa") and dims.kv_dim == (64 if kind == "llama_gqa" else 128)
+    assert abs(_profiler_ratio(model, 2, 128) - 1) < 0.10
+
+
+def test_reduces_to_megatron_formula_for_gpt_blocks_with_recompute():
+    dims = perf.ModelDims(hidden=2048, layers=24, vocab=50272, heads=32, kv_dim=2048, ffn=8192, gated=False)
+    ours = perf.train_flops(dims, 8, 512, gradient_checkpointing=True)
+    assert ours == pytest.approx(perf.megatron_flops(8, 512, 24, 2048, 50272, checkpoint_factor=4), rel=1e-12)
+    without = perf.train_flops(dims, 8, 512, gradient_checkpointing=False)
+    assert 0.75 < without / ours < 0.8  # 3 passes instead of 4 for the layers, 3 for the LM head either way
+
+
+def test_reads_sizes_through_an_engine_without_model_model(world):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(world["opt"])
+    engine_like = types.SimpleNamespace(module=types.SimpleNamespace(config=config))  # no `.model`
+    assert perf.model_dims(engine_like) == perf.model_dims(config)
+    with pytest.raises(ValueError, match="pass the sizes by hand"):
+        perf.model_dims(types.SimpleNamespace(vocab_size=10))
+
+
+def test_tflops_are_per_device_and_samples_are_for_all_ranks(world, monkeypatch):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(world["opt"])
+    clock = [0.0]
+    monkeypatch.setattr(perf.time, "time", lambda: clock[0])
+    batch = {"input_ids": torch.ones(4, 64, dtype=torch.long), "attention_mask": torch.ones(4, 64)}
+    reports = []
+    for world_size in (1, 2):
+        clock[0] = 100.0
+        meter = perf.StepMeter(config, world_size=world_size)
+        meter.add(batch)
+        clock[0] = 102.0  # two seconds for one micro batch
+        reports.append(meter.report())
+    one, two = reports
+    assert one["tflops"] == pytest.approx(perf.train_flops(config, 4, 64) / 2.0 / 1e12)
+    assert two["tflops"] == pytest.approx(one["tflops"]), "never divided by the world size"
+    assert two["samples_per_s"] == pytest.approx(2 * one["samples_per_s"]) and one["samples_per_s"] == 2.0
