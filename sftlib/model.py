@@ -2,67 +2,110 @@
 
 Same names and signatures as DeepSpeed-Chat, with its known defects fixed:
 
-- ``load_hf_tokenizer`` loads a local folder's own tokenizer files (the original read the hub name
-  out of ``config.json`` and failed without one); a hub id goes through transformers' resolution.
-- ``create_hf_model`` never shrinks a vocabulary when it rounds it up to a multiple of 8, and the
-  dropout override covers every dropout key the architecture has.
+- ``load_hf_tokenizer`` loads a local folder's own tokenizer files, with or without a
+  ``config.json`` (the original read the hub name out of ``config.json``, loaded *that* tokenizer
+  from the hub, and failed without one); a hub id goes through transformers' own resolution, and
+  offline a missing id is a one-line error naming it. ``fast_tokenizer`` is honoured (the original
+  passed it under a name transformers ignores).
+- ``create_hf_model`` rounds the vocabulary up to a multiple of 8 and never shrinks it; the dropout
+  override covers every dropout key the architecture has (OPT, Llama, GPT-2's ``*_pdrop``).
+- ``trust_remote_code`` stays off unless a caller asks for it.
 
 Explained in notebooks/02_utility_functions.ipynb.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from pathlib import Path
 
 import torch
 
 from sftlib.utils import SFTError
 
-DROPOUT_KEYS = ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout",
-                "embd_pdrop", "resid_pdrop", "attn_pdrop", "summary_first_dropout",
-                "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "vocab.txt", "spiece.model")
 
 _ds_configs_alive = []  # HfDeepSpeedConfig objects must outlive model creation under ZeRO-3
 
 
+# --------------------------------------------------------------------------------------------
+# Where a name points: a local folder or a hub id
+# --------------------------------------------------------------------------------------------
+
+def _local_folder(name) -> Path | None:
+    """The folder ``name`` names, None for a hub id; a path-looking name that is missing is an error."""
+    path = Path(os.path.expanduser(str(name)))
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise SFTError(f"{name} is a file; pass a model folder or a hub id")
+    text = str(name)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
+        raise SFTError(f"model folder {name} does not exist")
+    return None
+
+
 def _hub_error(name: str, err: Exception) -> SFTError:
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(err).lower() or "connect" in str(err).lower():
-        return SFTError(f"model {name!r} is neither a local folder nor in the Hugging Face cache, and "
-                        f"the hub cannot be reached (offline); pass a local model folder")
-    return SFTError(f"cannot load {name!r}: {str(err).splitlines()[0]}")
+    """A one-line error for a hub id transformers could not resolve."""
+    text = str(err)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    if offline or "connect" in text.lower() or "offline" in text.lower():
+        return SFTError(f"{name!r} is not a local folder, and it is not in the Hugging Face cache while the hub "
+                        f"is unreachable (offline, HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); "
+                        "pass a local model folder or download it first")
+    return SFTError(f"cannot load {name!r}: {text.strip().splitlines()[0] if text.strip() else type(err).__name__}")
 
 
 def is_llama(model_name_or_path: str) -> bool:
-    """DeepSpeed-Chat's test (the name contains "llama"), widened to a local config's model_type."""
-    cfg = os.path.join(str(model_name_or_path), "config.json")
-    if os.path.isfile(cfg):
-        import json
-
-        with open(cfg) as f:
-            if "llama" in json.load(f).get("model_type", ""):
+    """DeepSpeed-Chat's test (the name contains "llama"), widened to a local config's ``model_type``."""
+    cfg = Path(str(model_name_or_path)) / "config.json"
+    if cfg.is_file():
+        try:
+            if "llama" in json.loads(cfg.read_text()).get("model_type", ""):
                 return True
+        except ValueError:
+            pass
     return "llama" in str(model_name_or_path).lower()
 
 
-def load_hf_tokenizer(model_name_or_path: str, fast_tokenizer: bool = True, add_special_tokens=None):
-    """Load a tokenizer the way DeepSpeed-Chat step 1 prepares it.
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------
 
-    Llama gets a ``[PAD]`` token when it has none; every other model pads with its EOS token.
-    Padding is on the right. ``add_special_tokens`` (a string or list) adds e.g. ``<|endoftext|>``.
-    """
+def _auto_tokenizer(model_name_or_path, fast_tokenizer: bool, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
-    if not os.path.isdir(str(model_name_or_path)) and os.path.sep in str(model_name_or_path).rstrip(os.path.sep) \
-            and str(model_name_or_path).startswith((".", os.path.sep, "~")):
-        raise SFTError(f"model folder {model_name_or_path!r} does not exist")
+    folder = _local_folder(model_name_or_path)
+    if folder is not None and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise SFTError(f"model folder {model_name_or_path} holds no tokenizer files (one of "
+                       f"{', '.join(TOKENIZER_FILES)}); save the tokenizer into it")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, use_fast=fast_tokenizer)
+        return AutoTokenizer.from_pretrained(str(folder or model_name_or_path), use_fast=fast_tokenizer,
+                                             trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
+        if folder is not None:
+            raise SFTError(f"cannot load the tokenizer in {model_name_or_path}: "
+                           f"{str(err).strip().splitlines()[0]}") from None
         raise _hub_error(str(model_name_or_path), err) from None
+
+
+def load_hf_tokenizer(model_name_or_path: str, fast_tokenizer: bool = True, add_special_tokens=None,
+                      trust_remote_code: bool = False):
+    """Load a tokenizer and prepare it the way DeepSpeed-Chat step 1 does.
+
+    A local folder loads its own tokenizer files (``config.json`` not needed); anything else is a
+    hub id resolved by transformers. Llama gets a ``[PAD]`` token when it has none; every other
+    model pads with its EOS token. Padding is on the right. ``add_special_tokens`` (a string or a
+    list) adds e.g. ``<|endoftext|>``. A tokenizer with neither an EOS nor a pad token is an error.
+    Explained in notebooks/02_utility_functions.ipynb.
+    """
+    tokenizer = _auto_tokenizer(model_name_or_path, fast_tokenizer, trust_remote_code)
     if tokenizer.eos_token is None and tokenizer.pad_token is None:
-        raise SFTError(f"the tokenizer of {model_name_or_path!r} has neither an EOS nor a pad token; "
-                       "set tokenizer.eos_token before training")
+        raise SFTError(f"the tokenizer of {model_name_or_path} has neither an EOS nor a pad token; "
+                       "set eos_token in its tokenizer_config.json")
     if is_llama(model_name_or_path):
         if tokenizer.pad_token is None:
             tokenizer.add_special_tokens({"pad_token": "[PAD]"})
@@ -75,51 +118,115 @@ def load_hf_tokenizer(model_name_or_path: str, fast_tokenizer: bool = True, add_
     return tokenizer
 
 
-def configure_dropout(model_config, dropout: float | None) -> None:
-    """Set every dropout key the config has to ``dropout`` (no-op when None)."""
+# --------------------------------------------------------------------------------------------
+# Config and model
+# --------------------------------------------------------------------------------------------
+
+def dropout_keys(model_config) -> list[str]:
+    """Every dropout probability the config has: names containing ``dropout`` or ending in ``_pdrop``.
+
+    ``layerdrop`` (skipping whole layers) is not a dropout probability and is left out, and so are
+    keys set to None (they mean "use another key").
+    """
+    return [k for k, v in model_config.to_dict().items()
+            if ("dropout" in k or k.endswith("_pdrop")) and isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def configure_dropout(model_config, dropout: float | None) -> list[str]:
+    """Set every dropout key of the config to ``dropout``; returns the keys changed (none when None).
+
+    Explained in notebooks/02_utility_functions.ipynb.
+    """
     if dropout is None:
-        return
-    for key in DROPOUT_KEYS:
-        if hasattr(model_config, key):
-            setattr(model_config, key, dropout)
+        return []
+    keys = dropout_keys(model_config)
+    for key in keys:
+        setattr(model_config, key, dropout)
+    return keys
+
+
+def load_config(model_name_or_path: str, trust_remote_code: bool = False):
+    """``AutoConfig`` for a folder or hub id, with one-line errors for what users get wrong."""
+    from transformers import AutoConfig
+
+    folder = _local_folder(model_name_or_path)
+    if folder is not None and not (folder / "config.json").is_file():
+        raise SFTError(f"model folder {model_name_or_path} has no config.json")
+    try:
+        return AutoConfig.from_pretrained(str(folder or model_name_or_path), trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        text = str(err)
+        where = f"{folder / 'config.json'}" if folder is not None else repr(str(model_name_or_path))
+        if "trust_remote_code" in text:
+            raise SFTError(f"{where} needs custom code from the model's folder; it runs only with "
+                           "trust_remote_code=True (off by default: read that code first)") from None
+        if "model type" in text or "model_type" in text or "Unrecognized" in text:
+            model_type = _model_type(folder)
+            raise SFTError(f"{where} names an architecture (model_type {model_type!r}) that transformers "
+                           f"{_transformers_version()} does not know") from None
+        raise SFTError(f"cannot read the config of {where}: {text.strip().splitlines()[0]}") from None
+    except OSError as err:
+        raise _hub_error(str(model_name_or_path), err) from None
+
+
+def _model_type(folder: Path | None):
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type")
+    except (TypeError, OSError, ValueError, AttributeError):
+        return None
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def padded_vocab_size(tokenizer_length: int, current: int) -> int:
+    """The embedding rows to keep: the tokenizer length rounded up to a multiple of 8, never fewer
+    than ``current`` (the original resized to the rounded length even when that was smaller).
+
+    Explained in notebooks/02_utility_functions.ipynb.
+    """
+    return max(current, int(8 * math.ceil(tokenizer_length / 8.0)))
 
 
 def create_hf_model(model_class, model_name_or_path: str, tokenizer, ds_config: dict | None = None,
-                    rlhf_training: bool = False, dropout: float | None = None):
+                    rlhf_training: bool = False, dropout: float | None = None, trust_remote_code: bool = False):
     """Build the model: config, dropout override, ZeRO-3-aware loading, token ids, vocab rounding.
 
     Under ZeRO-3 an ``HfDeepSpeedConfig`` is created first and kept alive, so ``from_pretrained``
-    loads the weights already partitioned across ranks. The embedding matrix is resized to the
-    tokenizer length rounded up to a multiple of 8, and never made smaller than it was.
+    loads the weights already partitioned across ranks. ``rlhf_training`` builds the architecture
+    with fresh weights (steps 2/3 load their own). Weights load in fp32 (DeepSpeed casts later).
+    The config's ``end_token_id`` is the tokenizer's EOS, and ``pad_token_id`` the model's EOS.
+    The embedding matrix grows to ``padded_vocab_size`` and never shrinks.
+    Explained in notebooks/02_utility_functions.ipynb.
     """
-    from transformers import AutoConfig
-
-    try:
-        model_config = AutoConfig.from_pretrained(model_name_or_path)
-    except ValueError as err:
-        if "model_type" in str(err) or "Unrecognized" in str(err):
-            raise SFTError(f"{model_name_or_path}/config.json names an architecture this transformers "
-                           f"does not know: {str(err).splitlines()[0]}") from None
-        raise _hub_error(str(model_name_or_path), err) from None
-    except OSError as err:
-        raise _hub_error(str(model_name_or_path), err) from None
+    model_config = load_config(model_name_or_path, trust_remote_code)
     configure_dropout(model_config, dropout)
 
     if ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3:
         from transformers.integrations import HfDeepSpeedConfig
 
         _ds_configs_alive.append(HfDeepSpeedConfig(ds_config))
-    if rlhf_training:
-        model = model_class.from_config(model_config)
-    else:
-        model = model_class.from_pretrained(model_name_or_path, config=model_config, dtype=torch.float32)
+    remote = {"trust_remote_code": True} if trust_remote_code else {}
+    try:
+        if rlhf_training:
+            model = model_class.from_config(model_config, **remote)
+        else:
+            model = model_class.from_pretrained(str(model_name_or_path), config=model_config, dtype=torch.float32,
+                                                **remote)
+    except ValueError as err:
+        if "Unrecognized configuration class" in str(err):
+            raise SFTError(f"{model_name_or_path}: model_type {model_config.model_type!r} has no "
+                           f"{model_class.__name__} class (not a decoder-only language model?)") from None
+        raise
 
     model.config.end_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = model.config.eos_token_id
-    current = model.get_input_embeddings().weight.shape[0]
-    if hasattr(model.get_input_embeddings().weight, "ds_shape"):
-        current = model.get_input_embeddings().weight.ds_shape[0]
-    wanted = int(8 * math.ceil(len(tokenizer) / 8.0))
+    weight = model.get_input_embeddings().weight
+    current = weight.ds_shape[0] if hasattr(weight, "ds_shape") else weight.shape[0]
+    wanted = padded_vocab_size(len(tokenizer), current)
     if wanted > current:
         model.resize_token_embeddings(wanted)
     return model

@@ -1,12 +1,23 @@
 """DeepSpeed-Chat's small utilities (``dschat/utils/utils.py``), with the same names and signatures.
 
+What differs from the original, on purpose:
+
+- ``get_all_reduce_mean`` leaves the caller's tensor alone (the original all-reduced it in place,
+  so the caller's variable silently became the SUM over ranks).
+- ``save_hf_format`` writes safetensors, the config and the whole tokenizer (the original wrote
+  ``pytorch_model.bin`` and only the vocabulary files), into a temporary folder renamed into place,
+  and refuses to overwrite a non-empty folder that is not a previous save.
+
 Explained in notebooks/02_utility_functions.ipynb.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,73 +28,128 @@ class SFTError(Exception):
     """A problem with the user's input; command lines print it as one line and exit 2."""
 
 
+# --------------------------------------------------------------------------------------------
+# Ranks, devices, seeds
+# --------------------------------------------------------------------------------------------
+
 def is_rank_0() -> bool:
     """True on global rank 0, or when no process group is running."""
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def print_rank_0(msg, rank=None) -> None:
-    """Print on global rank 0 (or when not distributed); ``rank`` overrides the check."""
+    """Print once per job: on global rank 0, or when not distributed.
+
+    ``rank`` replaces the process-group check: DeepSpeed-Chat passes ``args.global_rank`` so that
+    a message prints before the group exists (-1 and 0 print, anything else stays quiet).
+    Explained in notebooks/02_utility_functions.ipynb.
+    """
     if (rank is not None and rank <= 0) or (rank is None and is_rank_0()):
         print(msg, flush=True)
 
 
 def to_device(batch: dict, device) -> dict:
-    """Move every tensor of ``batch`` to ``device``; other values are left alone."""
+    """Move every tensor of ``batch`` to ``device``; other values (strings, lists) are left alone.
+
+    Explained in notebooks/02_utility_functions.ipynb.
+    """
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def set_random_seed(seed: int | None) -> None:
-    """Seed Python, numpy, torch and the accelerator (and transformers) for a repeatable run."""
+    """Seed transformers, Python, numpy, torch and the accelerator, for a repeatable run.
+
+    Every rank gets the same seed, so every rank builds the same initial weights (LoRA's random
+    matrices included) before DeepSpeed starts. ``None`` leaves all generators as they are.
+    Explained in notebooks/02_utility_functions.ipynb.
+    """
     if seed is None:
         return
     import transformers
+    from deepspeed.accelerator import get_accelerator
 
     transformers.set_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    from deepspeed.accelerator import get_accelerator
-
     get_accelerator().manual_seed_all(seed)
 
 
 def get_all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean of ``tensor`` over all ranks (SUM all-reduce, then divide by the world size)."""
+    """Mean of ``tensor`` over all ranks: a SUM all-reduce, then a division by the world size.
+
+    Works on a copy, so the caller's tensor keeps its own rank's value. Every rank must call it
+    (it is a collective). Without a process group it returns the tensor unchanged. Integer tensors
+    come back as floats. Explained in notebooks/02_utility_functions.ipynb.
+    """
     if not dist.is_initialized():
         return tensor
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor / dist.get_world_size()
+    total = tensor.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / dist.get_world_size()
 
+
+def local_rank() -> int:
+    """The launcher's LOCAL_RANK (0 when launched as a single process)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer groups
+# --------------------------------------------------------------------------------------------
 
 NO_DECAY = ["bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight"]
+LORA_NAMES = ["lora_right_weight", "lora_left_weight"]
+
+
+def _has(name: str, substrings) -> bool:
+    return any(s.lower() in name.lower() for s in substrings)
 
 
 def get_optimizer_grouped_parameters(model, weight_decay: float, lora_lr: float = 5e-4,
-                                     no_decay_name_list=NO_DECAY, lora_name_list=("lora_right_weight",
-                                                                                "lora_left_weight")):
-    """DeepSpeed-Chat's three parameter groups, matched by case-insensitive substring.
+                                     no_decay_name_list=NO_DECAY, lora_name_list=LORA_NAMES):
+    """DeepSpeed-Chat's three parameter groups, matched by case-insensitive substring of the name.
 
-    1. decayed, non-LoRA parameters; 2. LoRA parameters (decayed, with ``lora_lr``);
-    3. parameters whose name contains a ``no_decay`` entry (weight decay 0). Frozen parameters are
-    left out, and empty groups are dropped.
+    1. decayed, non-LoRA parameters (``weight_decay``); 2. LoRA parameters (``weight_decay`` and
+    their own ``lr = lora_lr``); 3. parameters whose name contains a ``no_decay`` entry: biases and
+    norm weights (weight decay 0). Frozen parameters are left out; empty groups are dropped (a
+    parameter-less group would make the optimizer fail). Explained in
+    notebooks/02_utility_functions.ipynb.
     """
-    def has(name, subs):
-        return any(s.lower() in name.lower() for s in subs)
-
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
-        {"params": [p for n, p in trainable if not has(n, no_decay_name_list) and not has(n, lora_name_list)],
+        {"params": [p for n, p in trainable if not _has(n, no_decay_name_list) and not _has(n, lora_name_list)],
          "weight_decay": weight_decay},
-        {"params": [p for n, p in trainable if not has(n, no_decay_name_list) and has(n, lora_name_list)],
+        {"params": [p for n, p in trainable if not _has(n, no_decay_name_list) and _has(n, lora_name_list)],
          "weight_decay": weight_decay, "lr": lora_lr},
-        {"params": [p for n, p in trainable if has(n, no_decay_name_list)], "weight_decay": 0.0},
+        {"params": [p for n, p in trainable if _has(n, no_decay_name_list)], "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
 
 
+def describe_optimizer_groups(model, groups, base_lr: float | None = None) -> list[dict]:
+    """One row per parameter of ``model``: its group, weight decay and learning rate.
+
+    Frozen parameters appear with group ``None`` (no optimizer sees them). ``base_lr`` fills in the
+    learning rate of groups without their own ``lr``. Feed the rows to ``pandas.DataFrame``.
+    Explained in notebooks/02_utility_functions.ipynb.
+    """
+    where = {id(p): i for i, g in enumerate(groups) for p in g["params"]}
+    rows = []
+    for name, p in model.named_parameters():
+        i = where.get(id(p))
+        g = groups[i] if i is not None else {}
+        rows.append({"name": name, "group": i, "shape": tuple(p.shape), "numel": p.numel(),
+                     "weight_decay": g.get("weight_decay"), "lr": g.get("lr", base_lr if g else None)})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Moving averages (DeepSpeed-Chat uses them for step-2/3 logs)
+# --------------------------------------------------------------------------------------------
+
 class MovingAverage:
-    """Arithmetic mean of every value seen so far (DeepSpeed-Chat uses it for reward logs)."""
+    """Arithmetic mean of every value seen so far. Explained in notebooks/02_utility_functions.ipynb."""
 
     def __init__(self):
         self.count, self.total, self.mean = 0, 0.0, 0.0
@@ -96,7 +162,10 @@ class MovingAverage:
 
 
 class ExponentialMovingAverage:
-    """``ema = alpha * ema + (1 - alpha) * x``, starting at the first value."""
+    """``ema = alpha * ema + (1 - alpha) * x``, starting at the first value.
+
+    Explained in notebooks/02_utility_functions.ipynb.
+    """
 
     def __init__(self, alpha: float = 0.9):
         self.alpha, self.ema = alpha, None
@@ -109,34 +178,37 @@ class ExponentialMovingAverage:
         return self.ema if self.ema is not None else 0.0
 
 
-def local_rank() -> int:
-    """The launcher's LOCAL_RANK (0 when launched as a single process)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
 # --------------------------------------------------------------------------------------------
 # Saving
 # --------------------------------------------------------------------------------------------
 
 SAVE_MARKER = "sftlib_save.json"  # written into every folder sftlib saves
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def is_previous_save(path) -> bool:
+    """True for a folder sftlib saved before, or any HF model folder (config.json plus weights)."""
+    path = Path(path)
+    return (path / SAVE_MARKER).is_file() or (
+        (path / "config.json").is_file() and any((path / w).is_file() for w in WEIGHT_FILES))
 
 
 def check_output_dir(path) -> None:
-    """Refuse to replace a non-empty folder that is not a previous save (an HF model folder)."""
-    from pathlib import Path
+    """Refuse to replace a non-empty folder that is not a previous save (an HF model folder).
 
+    Explained in notebooks/02_utility_functions.ipynb.
+    """
     path = Path(path)
     if path.is_file():
-        raise SFTError(f"output dir {path} is a file")
-    if path.is_dir() and any(path.iterdir()) and not ((path / SAVE_MARKER).exists()
-                                                       or (path / "config.json").exists()):
+        raise SFTError(f"output dir {path} is a file; pass a folder")
+    if path.is_dir() and any(path.iterdir()) and not is_previous_save(path):
         raise SFTError(f"output dir {path} is not empty and is not a previous save; "
                        "choose an empty or new folder")
 
 
 def check_writable(path) -> None:
     """Fail early, before any training, when ``path`` cannot be created or written."""
-    from pathlib import Path
     import tempfile
 
     path = Path(path).absolute()
@@ -154,13 +226,10 @@ def check_writable(path) -> None:
 def write_hf_folder(model, state_dict: dict, tokenizer, out_dir) -> None:
     """Write ``state_dict`` as safetensors, the config and the whole tokenizer, atomically.
 
-    Everything goes into a temporary sibling folder that is renamed into place at the end, so a
-    crash leaves the previous save (or nothing), never a half-written folder.
+    Everything goes into a hidden sibling folder that is renamed into place at the end: a crash
+    leaves the previous save (or nothing), never a half-written folder. A failed swap puts the
+    previous save back. Explained in notebooks/02_utility_functions.ipynb.
     """
-    import json
-    import shutil
-    from pathlib import Path
-
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -171,17 +240,36 @@ def write_hf_folder(model, state_dict: dict, tokenizer, out_dir) -> None:
         model.save_pretrained(tmp, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        (tmp / SAVE_MARKER).write_text(json.dumps({"format": "hf", "tensors": len(state_dict)}))
-        if out_dir.exists():
+        (tmp / SAVE_MARKER).write_text(json.dumps({"format": "hf", "tensors": len(state_dict),
+                                                   "tokenizer": tokenizer is not None}))
+        had_old = out_dir.exists()
+        if had_old:
             os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if had_old:
+                os.replace(old, out_dir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_hf_format(model, tokenizer, args, sub_folder: str = "") -> None:
-    """Rank 0's save of a non-ZeRO-3 model: LoRA keys dropped, safetensors, config and tokenizer."""
+    """Rank 0's save of a non-ZeRO-3 model into ``args.output_dir/sub_folder``, loadable by HF.
+
+    Unwraps the DeepSpeed engine, drops LoRA keys (fuse them first with
+    ``convert_lora_to_linear_layer``: an unfused LoRA layer is an error, not silently lost
+    training), then writes safetensors, ``config.json``, the generation config and the whole
+    tokenizer atomically. Explained in notebooks/02_utility_functions.ipynb.
+    """
+    if getattr(args, "output_dir", None) is None:
+        raise SFTError("save_hf_format needs args.output_dir (pass --output_dir)")
     model_to_save = model.module if hasattr(model, "module") else model
+    unfused = [n for n, m in model_to_save.named_modules() if getattr(m, "fuse_lora", True) is False]
+    if unfused:
+        raise SFTError(f"LoRA layers are not fused (e.g. {unfused[0]}); call "
+                       "sftlib.lora.convert_lora_to_linear_layer(model) before saving")
     state_dict = {k: v for k, v in model_to_save.state_dict().items() if "lora" not in k}
     write_hf_folder(model_to_save, state_dict, tokenizer, os.path.join(args.output_dir, sub_folder))
