@@ -74,6 +74,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--add_eot_token", action="store_true")
     p.add_argument("--eot_token", type=str, default="<|endoftext|>")
     p.add_argument("--print_loss", action="store_true", help="every rank prints its micro-step loss")
+    p.add_argument("--mask_prompt", action="store_true",
+                   help="loss on the response only (the original also trains on the prompt)")
+    p.add_argument("--dynamic_padding", action="store_true",
+                   help="pad each batch to its longest sample (a multiple of 8), not to --max_seq_len")
+    p.add_argument("--packing", action="store_true",
+                   help="pack several samples per --max_seq_len row; attention stays within each sample")
+    p.add_argument("--data_weights", type=float, nargs="*", default=None,
+                   help="blend --data_path sets by these weights (default: in proportion to their sizes)")
     p = deepspeed.add_config_arguments(p)
     return p.parse_args(argv)
 
@@ -176,9 +184,10 @@ def main(args=None) -> dict:
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, default_data_collator, get_scheduler
+    from transformers import AutoModelForCausalLM, get_scheduler
 
-    from sftlib import data, lora, model as model_utils, utils, zero
+    from sftlib import collate, data, lora, utils, zero
+    from sftlib import model as model_utils
     from sftlib.ds_config import get_train_ds_config
 
     if not isinstance(args, argparse.Namespace):
@@ -219,13 +228,18 @@ def main(args=None) -> dict:
     train_dataset, eval_dataset = data.create_prompt_dataset(
         args.local_rank, args.data_path, args.data_split, args.data_output_path, 1, args.seed, tokenizer,
         args.max_seq_len, end_of_conversation_token=tokenizer.eos_token,
-        sft_only_data_path=args.sft_only_data_path)
+        sft_only_data_path=args.sft_only_data_path, blend_weights=args.data_weights or None,
+        mask_prompt=args.mask_prompt, pad_to_max_len=not (args.dynamic_padding or args.packing))
     if len(train_dataset) == 0:
         raise SFTError(f"the training set is empty after --data_split {args.data_split}; give phase 1 a share")
-    train_dataloader = DataLoader(train_dataset, collate_fn=default_data_collator,
+    batching = "packing" if args.packing else "dynamic" if args.dynamic_padding else "compat"
+    if args.packing:  # several samples per row; eval stays unpacked (dynamic padding)
+        train_dataset = collate.PackedDataset(train_dataset, args.max_seq_len)
+    eval_collate = collate.make_collator("dynamic" if batching != "compat" else "compat", tokenizer.pad_token_id)
+    train_dataloader = DataLoader(train_dataset, collate_fn=collate.make_collator(batching, tokenizer.pad_token_id),
                                   sampler=DistributedSampler(train_dataset, seed=args.seed),
                                   batch_size=args.per_device_train_batch_size)
-    eval_dataloader = DataLoader(eval_dataset, collate_fn=default_data_collator,
+    eval_dataloader = DataLoader(eval_dataset, collate_fn=eval_collate,
                                  sampler=DistributedSampler(eval_dataset, shuffle=False),
                                  batch_size=args.per_device_eval_batch_size)
 
@@ -261,13 +275,14 @@ def main(args=None) -> dict:
         acc_loss, acc_tokens, t0 = 0.0, 0, time.time()
         for step, batch in enumerate(bar):
             batch = utils.to_device(batch, device)
+            n_tokens = collate.pop_token_count(batch)  # the packing collator's count leaves the batch here
             loss = model(**batch, use_cache=False).loss
             if args.print_loss:
                 print(f"Epoch: {epoch}, Step: {step}, Rank: {rank}, loss = {loss}", flush=True)
             model.backward(loss)
             model.step()
             acc_loss += loss.item() / args.gradient_accumulation_steps
-            acc_tokens += int(batch["attention_mask"].sum())
+            acc_tokens += n_tokens
             if (step + 1) % args.gradient_accumulation_steps:
                 continue
             stats = utils.get_all_reduce_mean(torch.tensor([acc_loss, acc_tokens], dtype=torch.float64))
