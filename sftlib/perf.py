@@ -109,6 +109,19 @@ def profile_forward_flops(model, input_ids: torch.Tensor) -> float:
     return float(flops)
 
 
+def packed_samples(batch: dict) -> int:
+    """Samples in packed rows: ``position_ids`` restarts, less each row's trailing padding run
+    (``sftlib.collate.PackingCollator`` gives padding its own run, all labels -100)."""
+    pos, labels = batch["position_ids"], batch.get("labels")
+    count = int((pos == 0).sum())
+    if labels is not None:
+        for row_pos, row_lab in zip(pos, labels):
+            last = int((row_pos == 0).nonzero().max())
+            if last > 0 and bool((row_lab[last:] == -100).all()):
+                count -= 1
+    return count
+
+
 class StepMeter:
     """Counts samples, tokens and FLOPs of this rank's micro batches between two log lines."""
 
@@ -122,9 +135,9 @@ class StepMeter:
         self.samples, self.tokens, self.flops, self.t0 = 0, 0, 0.0, time.time()
 
     def add(self, batch: dict) -> None:
-        """Count one micro batch (``input_ids`` of shape batch x padded length)."""
+        """Count one micro batch (``input_ids`` of shape batch x padded length; packed rows count their samples)."""
         b, s = batch["input_ids"].shape[:2]
-        self.samples += b
+        self.samples += packed_samples(batch) if "attention_mask" not in batch and "position_ids" in batch else b
         self.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else b * s
         self.flops += train_flops(self.dims, b, s, self.checkpointing)
 

@@ -74,3 +74,22 @@ def test_tflops_are_per_device_and_samples_are_for_all_ranks(world, monkeypatch)
     assert one["tflops"] == pytest.approx(perf.train_flops(config, 4, 64) / 2.0 / 1e12)
     assert two["tflops"] == pytest.approx(one["tflops"]), "never divided by the world size"
     assert two["samples_per_s"] == pytest.approx(2 * one["samples_per_s"]) and one["samples_per_s"] == 2.0
+
+
+def test_packed_rows_count_their_samples_not_their_rows():
+    from sftlib.collate import PackingCollator
+
+    def sample_run(n):  # one packed sample: its first label is -100, positions restart at 0
+        return torch.arange(n) + 5, torch.cat([torch.tensor([-100]), torch.arange(n - 1) + 5]), torch.arange(n)
+
+    rows = []
+    for lengths in ([5, 5], [16]):
+        parts = [sample_run(n) for n in lengths]
+        rows.append({key: torch.cat([p[i] for p in parts]) for i, key in enumerate(["input_ids", "labels",
+                                                                                    "position_ids"])})
+    batch = PackingCollator(pad_token_id=1)(rows)
+    batch.pop("num_tokens")
+    assert perf.packed_samples(batch) == 3
+    meter = perf.StepMeter(perf.ModelDims(128, 4, 1744, 4, 128, 512, False))
+    meter.add(batch)
+    assert meter.samples == 3 and meter.flops == perf.train_flops(meter.dims, 2, 16)
