@@ -6,6 +6,7 @@ One row per recognised line; ``kind`` says which:
 ``launcher``       the launcher's ``runner.py`` / ``launch.py`` lines (command, world size, exits)
 ``eval_header``    ``***** Evaluating perplexity, Epoch k/N *****``
 ``ppl``            ``ppl: x`` (2023) or ``ppl: x, loss: y`` (later DeepSpeed-Chat and sftlib)
+``token_ppl``      sftlib's ``token-weighted ppl: x`` (every label token counts once)
 ``epoch``          ``Beginning of Epoch k/N, Total Micro Batches m``
 ``overflow``       fp16 skipped steps: ``OVERFLOW! Rank 0 Skipping step. Attempted loss scale: ...``
                    (and the 2023 ``Overflow detected. Skipping step.`` form)
@@ -45,7 +46,8 @@ _RANK = re.compile(r"\[[Rr]ank ?(\d+)\]")
 _KV = re.compile(r"(\w+)=([^,\s/]+)")
 
 _EVAL = re.compile(r"\*+ Evaluating perplexity, Epoch (\d+)/(\d+) \*+")
-_PPL = re.compile(rf"\bppl: ({_NUM})(?:, loss: ({_NUM}))?")
+_PPL = re.compile(rf"(?:^|\] )ppl: ({_NUM})(?:, loss: ({_NUM}))?")
+_TOKEN_PPL = re.compile(rf"token-weighted ppl: ({_NUM})")
 _EPOCH = re.compile(r"Beginning of Epoch (\d+)/(\d+), Total Micro Batches (\d+)")
 _OVERFLOW = re.compile(r"OVERFLOW!|Overflow detected\. Skipping step")
 _SCALE = re.compile(rf"Attempted loss scale: ({_NUM})(?:, reducing to ({_NUM}))?")
@@ -119,6 +121,8 @@ def parse_segment(text: str) -> dict | None:
         return {**row, "kind": "eval_header", "epoch": int(m[1]), "num_epochs": int(m[2])}
     if m := _PPL.search(msg):
         return {**row, "kind": "ppl", "ppl": float(m[1]), "loss": float(m[2]) if m[2] else None}
+    if m := _TOKEN_PPL.search(msg):
+        return {**row, "kind": "token_ppl", "ppl": float(m[1])}
     if m := _EPOCH.search(msg):
         return {**row, "kind": "epoch", "epoch": int(m[1]), "num_epochs": int(m[2]), "micro_batches": int(m[3])}
     if _OVERFLOW.search(msg):
@@ -174,7 +178,7 @@ def _attach_epochs(df: pd.DataFrame) -> None:
     for i in df.index:
         if df.at[i, "kind"] == "eval_header":
             epoch = df.at[i, "epoch"]
-        elif df.at[i, "kind"] == "ppl" and pd.isna(df.at[i, "epoch"]):
+        elif df.at[i, "kind"] in ("ppl", "token_ppl") and pd.isna(df.at[i, "epoch"]):
             df.at[i, "epoch"] = epoch
 
 

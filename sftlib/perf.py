@@ -126,7 +126,7 @@ class StepMeter:
     """Counts samples, tokens and FLOPs of this rank's micro batches between two log lines."""
 
     def __init__(self, model_or_config, gradient_checkpointing: bool = False, world_size: int = 1):
-        self.dims = model_dims(model_or_config)
+        self.dims = model_or_config if isinstance(model_or_config, ModelDims) else model_dims(model_or_config)
         self.checkpointing = gradient_checkpointing
         self.world_size = world_size
         self.reset()
