@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
 
     loss = torch.tensor([1.5 + 2.0 * rank ** 2])  # a different "loss" on every rank
-    print(f"[rank {rank}] plain print: my loss is {loss.item()}", flush=True)
+    print(f"[rank {rank}] plain print: my loss is {loss.item()}\n", end="", flush=True)  # one write per line
     dist.barrier()
     mine = loss.clone()
     mean = get_all_reduce_mean(mine)
