@@ -137,15 +137,17 @@ class StepMeter:
     def add(self, batch: dict) -> None:
         """Count one micro batch (``input_ids`` of shape batch x padded length; packed rows count their samples)."""
         b, s = batch["input_ids"].shape[:2]
-        self.samples += packed_samples(batch) if "attention_mask" not in batch and "position_ids" in batch else b
-        self.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else b * s
+        mask = batch.get("attention_mask")
+        packed = "position_ids" in batch and (mask is None or mask.dim() == 4)
+        self.samples += packed_samples(batch) if packed else b
+        self.tokens += b * s  # padded tokens: what the device computes on (the model may rewrite the mask)
         self.flops += train_flops(self.dims, b, s, self.checkpointing)
 
     def report(self) -> dict:
         """Rates since the last report (samples/s and tokens/s for all ranks, TFLOPs per device); resets."""
         seconds = max(time.time() - self.t0, 1e-9)
         out = {"samples_per_s": self.samples * self.world_size / seconds,
-               "tokens_per_s": self.tokens * self.world_size / seconds,
+               "padded_tokens_per_s": self.tokens * self.world_size / seconds,
                "tflops": tflops(self.flops, seconds), "seconds": seconds}
         self.reset()
         return out
