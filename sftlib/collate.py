@@ -4,9 +4,10 @@
   8 (tensor-core friendly), instead of to ``max_seq_len``.
 - ``PackedDataset`` + ``PackingCollator``: several samples share one row of at most
   ``max_seq_len`` tokens. Attention never crosses samples: the collator sends ``position_ids``
-  that restart at 0 for every sample and no ``attention_mask``, and transformers (5.x, eager and
-  sdpa, also flash-attention) then builds a block-diagonal causal mask from the restarts. The first
-  token of each sample gets label -100, so no sample is trained to predict its neighbour.
+  that restart at 0 for every sample and a 4-D block-diagonal causal ``attention_mask``, which
+  transformers passes to eager/sdpa attention unchanged (flash-attention kernels ignore 4-D masks:
+  there, use position_ids-based varlen packing instead). The first token of each sample gets
+  label -100, so no sample is trained to predict its neighbour. Cost: an L x L mask per row.
 
 Explained in notebooks/01_dataset_abstraction.ipynb.
 """
@@ -81,12 +82,28 @@ class PackedDataset(Dataset):
         return {"input_ids": torch.cat(ids), "labels": torch.cat(labels), "position_ids": torch.cat(positions)}
 
 
-class PackingCollator:
-    """Batch packed rows: pad to the longest (multiple of 8); padding is its own position run.
-    ``num_tokens`` (real tokens, for throughput logs) must be popped before the forward pass."""
+def block_causal_mask(position_ids: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """Additive (batch, 1, L, L) mask: token q may see token k iff k <= q and both lie in the same
+    sample (a sample starts wherever ``position_ids`` restarts at 0). 0 = visible, dtype min = hidden."""
+    segment = (position_ids == 0).cumsum(-1)  # sample number of each token
+    same = segment[:, :, None] == segment[:, None, :]
+    causal = torch.ones(position_ids.shape[-1], position_ids.shape[-1], dtype=torch.bool).tril()
+    visible = (same & causal)[:, None]
+    return torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8):
-        self.pad_token_id, self.multiple = pad_token_id, pad_to_multiple_of
+
+class PackingCollator:
+    """Batch packed rows: pad to the longest (multiple of 8); padding is a sample of its own.
+
+    Returns ``input_ids``, ``labels``, ``position_ids`` (restarting per sample) and a 4-D additive
+    ``attention_mask`` from ``block_causal_mask``, which transformers uses as given (eager and sdpa
+    attention), so no token attends across samples, whatever the model family. ``num_tokens``
+    (real tokens, for throughput logs) must be popped before the forward pass. ``dtype``: the
+    model's compute dtype (sdpa wants the mask in it).
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8, dtype=torch.float32):
+        self.pad_token_id, self.multiple, self.dtype = pad_token_id, pad_to_multiple_of, dtype
 
     def __call__(self, rows: list[dict]) -> dict:
         length = round_up(max(len(r["input_ids"]) for r in rows), self.multiple)
@@ -99,6 +116,7 @@ class PackingCollator:
             out["labels"][i, :n] = r["labels"]
             out["position_ids"][i, :n] = r["position_ids"]
             out["position_ids"][i, n:] = torch.arange(length - n)  # padding: a block of its own
+        out["attention_mask"] = block_causal_mask(out["position_ids"], self.dtype)
         out["num_tokens"] = torch.tensor(sum(len(r["input_ids"]) for r in rows))
         return out
 
@@ -111,7 +129,15 @@ def pop_token_count(batch: dict) -> int:
     return int(batch["attention_mask"].sum())
 
 
-def make_collator(kind: str, pad_token_id: int, max_seq_len: int | None = None):
+def meter_view(batch: dict, n_tokens: int) -> dict:
+    """What a throughput meter should count: the batch itself, or (packed batches, whose mask is
+    4-D) the ids with a stand-in mask summing to the real token count."""
+    if batch.get("attention_mask") is None or batch["attention_mask"].dim() == 2:
+        return batch
+    return {"input_ids": batch["input_ids"], "attention_mask": torch.tensor([n_tokens])}
+
+
+def make_collator(kind: str, pad_token_id: int, max_seq_len: int | None = None, dtype=torch.float32):
     """``"compat"`` -> transformers' default collator (samples already padded); ``"dynamic"``;
     ``"packing"``."""
     if kind == "compat":
@@ -121,5 +147,5 @@ def make_collator(kind: str, pad_token_id: int, max_seq_len: int | None = None):
     if kind == "dynamic":
         return DynamicPaddingCollator(pad_token_id, 8, max_seq_len)
     if kind == "packing":
-        return PackingCollator(pad_token_id, 8)
+        return PackingCollator(pad_token_id, 8, dtype)
     raise ValueError(f"unknown collator {kind!r}")

@@ -696,7 +696,11 @@ def global_rank() -> int:
 def tokenizer_fingerprint(tokenizer) -> dict:
     """What of the tokenizer changes the ids: its files, added tokens, special tokens, sides."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    body = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:  # the backend's json, minus the truncation/padding state the last call left
+        body = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        body = json.dumps(body, sort_keys=True)
+    else:
+        body = repr(sorted(tokenizer.get_vocab().items()))
     return {"class": type(tokenizer).__name__, "name": str(getattr(tokenizer, "name_or_path", "")),
             "length": len(tokenizer), "added": sorted(tokenizer.get_added_vocab().items()),
             "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},

@@ -236,7 +236,9 @@ def main(args=None) -> dict:
     if args.packing:  # several samples per row; eval stays unpacked (dynamic padding)
         train_dataset = collate.PackedDataset(train_dataset, args.max_seq_len)
     eval_collate = collate.make_collator("dynamic" if batching != "compat" else "compat", tokenizer.pad_token_id)
-    train_dataloader = DataLoader(train_dataset, collate_fn=collate.make_collator(batching, tokenizer.pad_token_id),
+    mask_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype, torch.float32)  # packing's 4-D mask
+    train_dataloader = DataLoader(train_dataset, collate_fn=collate.make_collator(batching, tokenizer.pad_token_id,
+                                                                                  dtype=mask_dtype),
                                   sampler=DistributedSampler(train_dataset, seed=args.seed),
                                   batch_size=args.per_device_train_batch_size)
     eval_dataloader = DataLoader(eval_dataset, collate_fn=eval_collate,
