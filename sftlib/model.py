@@ -126,7 +126,7 @@ def dropout_keys(model_config) -> list[str]:
     """Every dropout probability the config has: names containing ``dropout`` or ending in ``_pdrop``.
 
     ``layerdrop`` (skipping whole layers) is not a dropout probability and is left out, and so are
-    keys set to None (they mean "use another key").
+    keys set to None (they mean "use another key"). Explained in notebooks/02_utility_functions.ipynb.
     """
     return [k for k, v in model_config.to_dict().items()
             if ("dropout" in k or k.endswith("_pdrop")) and isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -146,7 +146,12 @@ def configure_dropout(model_config, dropout: float | None) -> list[str]:
 
 
 def load_config(model_name_or_path: str, trust_remote_code: bool = False):
-    """``AutoConfig`` for a folder or hub id, with one-line errors for what users get wrong."""
+    """``AutoConfig`` for a folder or hub id, with one-line errors for what users get wrong.
+
+    A folder without ``config.json``, an unknown ``model_type``, a config that needs custom code
+    (``trust_remote_code`` is off unless asked for) and an unreachable hub id each raise ``SFTError``.
+    Explained in notebooks/02_utility_functions.ipynb.
+    """
     from transformers import AutoConfig
 
     folder = _local_folder(model_name_or_path)

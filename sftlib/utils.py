@@ -41,7 +41,8 @@ def print_rank_0(msg, rank=None) -> None:
     """Print once per job: on global rank 0, or when not distributed.
 
     ``rank`` replaces the process-group check: DeepSpeed-Chat passes ``args.global_rank`` so that
-    a message prints before the group exists (-1 and 0 print, anything else stays quiet).
+    a message prints before the group exists (-1 and 0 print, anything else stays quiet; the
+    original still printed a ``rank=1`` message when the process itself was rank 0).
     Explained in notebooks/02_utility_functions.ipynb.
     """
     if (rank is not None and rank <= 0) or (rank is None and is_rank_0()):
@@ -188,7 +189,10 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 
 
 def is_previous_save(path) -> bool:
-    """True for a folder sftlib saved before, or any HF model folder (config.json plus weights)."""
+    """True for a folder sftlib saved before, or any HF model folder (config.json plus weights).
+
+    Explained in notebooks/02_utility_functions.ipynb.
+    """
     path = Path(path)
     return (path / SAVE_MARKER).is_file() or (
         (path / "config.json").is_file() and any((path / w).is_file() for w in WEIGHT_FILES))

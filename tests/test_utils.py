@@ -220,6 +220,22 @@ def test_save_refuses_foreign_folder_and_replaces_previous_save_atomically(world
     assert sorted(os.listdir(tmp_path)) == ["notes", "out"], "no temporary folder left"
 
 
+def test_previous_save_means_marker_or_config_plus_weights(tmp_path):
+    hf = tmp_path / "hf"  # e.g. a save made by the original DeepSpeed-Chat
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / "pytorch_model.bin").write_bytes(b"")
+    utils.check_output_dir(hf)
+    (hf / "pytorch_model.bin").unlink()
+    (hf / "notes.txt").write_text("x")
+    with pytest.raises(SFTError, match="not a previous save"):
+        utils.check_output_dir(hf)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SFTError, match="is a file"):
+        utils.check_output_dir(tmp_path / "file")
+    utils.check_output_dir(tmp_path / "new")  # missing: fine
+
+
 def test_save_refuses_unfused_lora(world, tmp_path):
     from sftlib.lora import convert_linear_layer_to_lora
 
