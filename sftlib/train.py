@@ -74,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--add_eot_token", action="store_true")
     p.add_argument("--eot_token", type=str, default="<|endoftext|>")
     p.add_argument("--print_loss", action="store_true", help="every rank prints its micro-step loss")
+    p.add_argument("--deepspeed_log_level", type=str, default=None, choices=["debug", "info", "warning", "error"],
+                   help="info brings back DeepSpeed's step= and throughput lines (2023 releases printed them)")
     p.add_argument("--mask_prompt", action="store_true",
                    help="loss on the response only (the original also trains on the prompt)")
     p.add_argument("--dynamic_padding", action="store_true",
@@ -189,6 +191,7 @@ def main(args=None) -> dict:
     from sftlib import collate, data, lora, utils, zero
     from sftlib import model as model_utils
     from sftlib.ds_config import get_train_ds_config
+    from sftlib.perf import StepMeter
 
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
@@ -205,7 +208,8 @@ def main(args=None) -> dict:
 
     ds_config = get_train_ds_config(offload=args.offload, dtype=args.dtype, stage=args.zero_stage,
                                     enable_tensorboard=args.enable_tensorboard,
-                                    tb_path=args.tensorboard_path, tb_name="step1_model")
+                                    tb_path=args.tensorboard_path, tb_name="step1_model",
+                                    log_level=getattr(args, "deepspeed_log_level", None))
     ds_config["train_micro_batch_size_per_gpu"] = args.per_device_train_batch_size
     ds_config["train_batch_size"] = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
 
@@ -275,6 +279,7 @@ def main(args=None) -> dict:
         bar = tqdm(train_dataloader, desc=f"epoch {epoch + 1}/{args.num_train_epochs}",
                    disable=rank != 0, leave=False, file=sys.stdout)
         acc_loss, acc_tokens, t0 = 0.0, 0, time.time()
+        meter = StepMeter(model, args.gradient_checkpointing, world)  # samples/s and TFLOPs per device
         for step, batch in enumerate(bar):
             batch = utils.to_device(batch, device)
             n_tokens = collate.pop_token_count(batch)  # the packing collator's count leaves the batch here
@@ -285,6 +290,7 @@ def main(args=None) -> dict:
             model.step()
             acc_loss += loss.item() / args.gradient_accumulation_steps
             acc_tokens += n_tokens
+            meter.add(batch)  # StepMeter counts packed rows' samples from their position_ids
             if (step + 1) % args.gradient_accumulation_steps:
                 continue
             stats = utils.get_all_reduce_mean(torch.tensor([acc_loss, acc_tokens], dtype=torch.float64))
@@ -294,9 +300,10 @@ def main(args=None) -> dict:
             history["loss"].append(float(stats[0]))
             history["lr"].append(lr)
             history["tokens_per_s"].append(tok_s)
+            rates = meter.line()
             if rank == 0:
                 bar.write(f"step {model.global_steps} | loss {float(stats[0]):.4f} | "
-                          f"{_fmt_rate(tok_s)} tok/s | lr {lr:.1e}")
+                          f"{_fmt_rate(tok_s)} tok/s | {rates} | lr {lr:.1e}")
             acc_loss, acc_tokens, t0 = 0.0, 0, time.time()
         evaluate(epoch + 1)
         model.tput_timer.update_epoch_count()
