@@ -26,6 +26,7 @@ Explained in notebooks/01_dataset_abstraction.ipynb.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -106,18 +107,30 @@ def get_field(row, path: str):
     return value
 
 
+@functools.lru_cache(maxsize=256)
+def _parse_template(template: str) -> tuple:
+    """``" Human: {q} Assistant:"`` -> ((" Human: ", "q"), (" Assistant:", None))."""
+    parts, last = [], 0
+    for m in _PLACEHOLDER.finditer(template):
+        parts.append((template[last:m.start()], m.group(1)))
+        last = m.end()
+    parts.append((template[last:], None))
+    return tuple(parts)
+
+
 def render(template: str | None, row) -> str | None:
     """Fill a template from a row; None when the template or any value is None."""
     if template is None:
         return None
-    parts, last = [], 0
-    for m in _PLACEHOLDER.finditer(template):
-        value = get_field(row, m.group(1))
-        if value is None:
-            return None
-        parts += [template[last:m.start()], str(value)]
-        last = m.end()
-    return "".join(parts) + template[last:]
+    out = []
+    for literal, path in _parse_template(template):
+        out.append(literal)
+        if path is not None:
+            value = row.get(path) if "." not in path and isinstance(row, dict) else get_field(row, path)
+            if value is None:
+                return None
+            out.append(value if isinstance(value, str) else str(value))
+    return "".join(out)
 
 
 def _webgpt(row):
@@ -454,6 +467,26 @@ class PromptRawDataset:
         prompt, answer = render(self.spec.prompt, row), render(getattr(self.spec, which), row)
         return None if prompt is None or answer is None else prompt + answer
 
+    def prompt_and_chosen_pair(self, sample) -> tuple[str | None, str | None]:
+        """(get_prompt, get_prompt_and_chosen) with the row prepared once (the batched path's hot loop)."""
+        row = self.prepare(sample)
+        prompt = render(self.spec.prompt, row)
+        if self.spec.prompt_and_chosen is not None:
+            return prompt, render(self.spec.prompt_and_chosen, row)
+        chosen = render(self.spec.chosen, row) if prompt is not None else None
+        return prompt, (prompt + chosen if chosen is not None else None)
+
+    def columns_needed(self, train_phase: int) -> list[str]:
+        """Row keys the templates and transform of ``train_phase`` read."""
+        temps = [self.spec.prompt] + ([] if train_phase == 3 else [self.spec.chosen, self.spec.prompt_and_chosen])
+        temps += [self.spec.rejected, self.spec.prompt_and_rejected] if train_phase == 2 else []
+        keys = [p.split(".")[0] for t in temps if t for p in _PLACEHOLDER.findall(t)] + list(self.spec.required)
+        if self.spec.transform == "sharegpt":
+            keys += ["prompt", "label"]
+        elif self.spec.transform == "after_last_assistant":
+            keys += ["chosen", "rejected"]
+        return list(dict.fromkeys(k for k in keys if not k.startswith("_")))
+
     def get_prompt_and_chosen(self, sample):
         return self._joined(sample, "chosen")
 
@@ -551,15 +584,27 @@ def _prompt_boundary(prompt: str | None, joined: str) -> int:
 
 def _encode(tokenizer, texts, max_seq_len, truncate=True, offsets=False):
     """Batched encoding; rows longer than ``max_seq_len`` are re-encoded with truncation so the
-    ids equal what ``truncation=True`` gives. Returns (ids, offsets or None, full lengths)."""
-    kw = {"return_offsets_mapping": True} if offsets else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        enc = tokenizer(texts, truncation=False, **kw)
-    ids, offs = enc["input_ids"], enc.get("offset_mapping")
+    ids equal what ``truncation=True`` gives. Returns (ids, offsets or None, full lengths).
+
+    Fast tokenizers are called through their Rust backend directly (the same ids as
+    ``tokenizer(texts)``, without building Python ``BatchEncoding`` objects)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None:
+        backend.no_truncation()
+        backend.no_padding()
+        encs = backend.encode_batch(texts, add_special_tokens=True)
+        ids = [e.ids for e in encs]
+        offs = [e.offsets for e in encs] if offsets else None
+    else:
+        kw = {"return_offsets_mapping": True} if offsets else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            enc = tokenizer(texts, truncation=False, **kw)
+        ids, offs = enc["input_ids"], enc.get("offset_mapping")
     lengths = [len(x) for x in ids]
     long_rows = [i for i, n in enumerate(lengths) if n > max_seq_len]
     if truncate and long_rows:
+        kw = {"return_offsets_mapping": True} if offsets else {}
         cut = tokenizer([texts[i] for i in long_rows], truncation=True, max_length=max_seq_len, **kw)
         for j, i in enumerate(long_rows):
             ids[i] = cut["input_ids"][j]
@@ -582,10 +627,10 @@ def _phase_batch(batch, raw, train_phase, tokenizer, eot, max_seq_len):
     if train_phase == 1:
         prompts, texts = [], []
         for row in rows:
-            joined = raw.get_prompt_and_chosen(row)
+            prompt, joined = raw.prompt_and_chosen_pair(row)
             if joined is not None:
                 texts.append(joined + eot)
-                prompts.append(_prompt_boundary(raw.get_prompt(row), joined))
+                prompts.append(_prompt_boundary(prompt, joined))
         fast = getattr(tokenizer, "is_fast", False)
         ids, offs, lengths = _encode(tokenizer, texts, max_seq_len, offsets=fast)
         if fast:
@@ -618,8 +663,12 @@ def tokenize_split(rows, raw: PromptRawDataset, train_phase: int, tokenizer, end
     features = datasets.Features({1: {"input_ids": ids, "prompt_tokens": num, "full_length": num},
                                   2: {"chosen_input_ids": ids, "rejected_input_ids": ids, "full_length": num},
                                   3: {"input_ids": ids, "full_length": num}}[train_phase])
+    needed = [c for c in raw.columns_needed(train_phase) if c in rows.column_names]
+    rows = rows.select_columns(needed)
+    tag = hashlib.sha256(f"{rows._fingerprint}-{train_phase}-{max_seq_len}-{end_of_conversation_token}".encode())
     out = rows.map(_phase_batch, batched=True, batch_size=1000, num_proc=num_proc, features=features,
                    remove_columns=rows.column_names, keep_in_memory=True, load_from_cache_file=False,
+                   new_fingerprint=tag.hexdigest()[:32],  # skip hashing the tokenizer with dill
                    fn_kwargs=dict(raw=PromptRawDataset.for_spec(raw.spec), train_phase=train_phase,
                                   tokenizer=tokenizer, eot=end_of_conversation_token, max_seq_len=max_seq_len))
     if train_phase == 3:
@@ -797,10 +846,10 @@ def _blend(tables, seed: int, weights=None):
 def _report_truncation(table, max_seq_len: int, where: str, train_phase: int) -> dict:
     if len(table) == 0 or "full_length" not in table.column_names:
         return {"truncated": 0}
-    lengths = np.asarray(table["full_length"])
+    lengths = table.data.column("full_length").to_numpy()
     stats = {"truncated": int((lengths > max_seq_len).sum()), "rows": len(table)}
     if train_phase == 1 and stats["truncated"]:
-        prompts_full = int((np.asarray(table["prompt_tokens"]) >= max_seq_len).sum())
+        prompts_full = int((table.data.column("prompt_tokens").to_numpy() >= max_seq_len).sum())
         warnings.warn(f"{where}: {stats['truncated']} of {len(table)} samples are longer than max_seq_len="
                       f"{max_seq_len} and were truncated (their end-of-conversation token is cut off); "
                       f"{prompts_full} prompts alone fill max_seq_len", stacklevel=3)
