@@ -1,0 +1,42 @@
+"""sftlib.ds_config: DeepSpeed-Chat's fields, and the hybrid engine refused on a CPU in one sentence."""
+
+import sys
+
+import pytest
+from conftest import run_cli
+
+from sftlib.ds_config import check_hybrid_engine, get_eval_ds_config, get_train_ds_config
+from sftlib.utils import SFTError
+
+
+def test_train_config_has_deepspeed_chat_fields():
+    config = get_train_ds_config(offload=True, dtype="fp16", stage=3)
+    zero = config["zero_optimization"]
+    assert zero["stage"] == 3 and zero["offload_optimizer"] == {"device": "cpu"}
+    assert zero["stage3_param_persistence_threshold"] == 1e4 and zero["stage3_prefetch_bucket_size"] == 3e7
+    assert config["fp16"] == {"enabled": True, "loss_scale_window": 100} and config["gradient_clipping"] == 1.0
+    assert set(config["hybrid_engine"]) == {"enabled", "max_out_tokens", "inference_tp_size",
+                                            "release_inference_cache", "pin_parameters", "tp_gather_partition_size"}
+    assert "log_level" not in config and get_train_ds_config(False, "fp32", log_level="info")["log_level"] == "info"
+    fp32 = get_train_ds_config(offload=False, dtype="fp32")
+    assert "fp16" not in fp32 and "bf16" not in fp32
+    assert "hybrid_engine" not in get_eval_ds_config(offload=False, dtype="bf16")
+
+
+def test_hybrid_engine_refused_on_cpu_only():
+    enabled = get_train_ds_config(offload=False, dtype="fp32", enable_hybrid_engine=True)
+    with pytest.raises(SFTError, match="needs a CUDA GPU .* accelerator is 'cpu'"):
+        check_hybrid_engine(enabled, accelerator="cpu")
+    check_hybrid_engine(enabled, accelerator="cuda")
+    check_hybrid_engine(get_train_ds_config(offload=False, dtype="fp32"), accelerator="cpu")
+
+
+def test_cli_on_cpu_prints_one_sentence_and_exits_nonzero():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs the hybrid engine instead")
+    proc = run_cli([sys.executable, "-m", "sftlib.ds_config", "--enable_hybrid_engine"])
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the hybrid engine needs a CUDA GPU"), proc.stderr
