@@ -213,6 +213,60 @@ def resave(src: str, dst: str, add: float = 0.0) -> None:
     save_zero_three_model(model, 0, dst, 0, AutoTokenizer.from_pretrained(src))
 
 
+def start_paused_save(src, dst, add: float = 1.0, pause_s: float = 120):
+    """Start ``python -m sftlib.zero --resave SRC DST`` with rank 0 told to pause mid-save."""
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{SAVE_PAUSE_ENV: str(pause_s)})
+    return subprocess.Popen([sys.executable, "-m", "sftlib.zero", "--resave", str(src), str(dst), "--add", str(add)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def kill_when_paused(proc, dst) -> dict:
+    """SIGKILL a ``start_paused_save`` process once its weights are in the temp folder.
+
+    Returns what was on disk at the moment of the kill: the temp folder and its files.
+    """
+    import signal
+    from pathlib import Path
+
+    dst = Path(dst)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "paused mid-save" in line:
+            break
+    else:
+        proc.wait()
+        raise RuntimeError("the saver ended before pausing:\n" + "".join(lines[-20:]))
+    temps = sorted(p for p in dst.parent.iterdir() if p.name.startswith(f".{dst.name}.tmp-"))
+    seen = {"temp": [str(t) for t in temps], "temp_files": sorted(os.listdir(temps[0])) if temps else []}
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return {**seen, "returncode": proc.returncode}
+
+
+def launch(module: str, args: list, ranks: int = 2, env: dict | None = None, timeout: int = 600):
+    """Run ``deepspeed --num_gpus RANKS --module MODULE ARGS`` (one thread per rank) and return its output.
+
+    On a CPU the launcher starts RANKS processes on the gloo backend; a free port is picked. A
+    failure raises with the end of the log.
+    """
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    cmd = [launcher, "--num_gpus", str(ranks), "--master_port", str(port), "--module", module, *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:8])} ... failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
 # --------------------------------------------------------------------------------------------
 # What each rank holds
 # --------------------------------------------------------------------------------------------
@@ -438,20 +492,27 @@ def rule_of_thumb_billions(n_gpus: int, gpu_gb: float) -> float:
     return n_gpus * gpu_gb / 3
 
 
-def plan_table(models=tuple(_CONFIGS), setups=((1, 24), (1, 48), (8, 80)), recipes=tuple(RECIPES),
-               micro_batch: int = 1, seq_len: int = 512):
-    """A pandas table: GB per GPU for every model x setup x recipe, whether it fits, and what GB/3 says."""
+SETUPS = ((1, 24, 64), (1, 48, 256), (8, 80, 1024))  # (GPUs, GB per GPU, CPU RAM GB): desktop, workstation, DGX node
+
+
+def plan_table(models=tuple(_CONFIGS), setups=SETUPS, recipes=tuple(RECIPES), micro_batch: int = 1,
+               seq_len: int = 512):
+    """A pandas table: GB per GPU for every model x setup x recipe, whether it fits, and what GB/3 says.
+
+    A plan fits when each GPU keeps 2 GB free and, with offload, the node's CPU RAM holds what moved there.
+    """
     import pandas as pd
 
     rows = []
     for name in models:
         spec = model_spec(name)
-        for n_gpus, gpu_gb in setups:
+        for n_gpus, gpu_gb, ram_gb in setups:
             for recipe in recipes:
                 plan = plan_recipe(spec, recipe, n_gpus, micro_batch, seq_len)
                 rows.append({"model": name, "params_B": spec.params / 1e9, "setup": f"{n_gpus}x{gpu_gb}GB",
                              "recipe": recipe, "gb_per_gpu": round(plan["gpu_gb"], 1),
-                             "cpu_gb": round(plan["cpu_gb_per_node"], 0), "fits": fits(plan, gpu_gb),
+                             "cpu_gb": round(plan["cpu_gb_per_node"], 0),
+                             "fits": fits(plan, gpu_gb) and plan["cpu_gb_per_node"] <= 0.9 * ram_gb,
                              "gb3_rule_fits": spec.params / 1e9 <= rule_of_thumb_billions(n_gpus, gpu_gb)})
     return pd.DataFrame(rows)
 
