@@ -297,6 +297,7 @@ def export_peft_adapter(model, base_model_name_or_path, out_dir, global_rank=0):
     state, settings = lora_state_for_peft(model)
     if global_rank != 0:
         return out_dir
+    _warn_if_vocab_differs(model, base_model_name_or_path)
     alpha = settings["lora_alpha"]
     config = LoraConfig(r=settings["r"], lora_alpha=int(alpha) if float(alpha).is_integer() else alpha,
                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
@@ -307,6 +308,21 @@ def export_peft_adapter(model, base_model_name_or_path, out_dir, global_rank=0):
     save_file({prefix + k: v for k, v in state.items()}, f"{out_dir}/adapter_model.safetensors",
               metadata={"format": "pt"})
     return out_dir
+
+
+def _warn_if_vocab_differs(model, base_model_name_or_path):
+    import warnings
+
+    from transformers import AutoConfig
+
+    try:
+        base_vocab = AutoConfig.from_pretrained(str(base_model_name_or_path)).vocab_size
+    except (OSError, ValueError):
+        return  # the base is not reachable from here; PEFT will check when it loads
+    rows = _full_shape(_unwrap(model).get_input_embeddings().weight)[0]
+    if rows != base_vocab:
+        warnings.warn(f"the model's vocabulary ({rows}) differs from the base's ({base_vocab}); the adapter does not "
+                      f"carry embeddings: call base.resize_token_embeddings({rows}) before PeftModel.from_pretrained")
 
 
 def load_lora_from_peft(model, peft_state: dict, strict=True):

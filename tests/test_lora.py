@@ -130,6 +130,9 @@ def test_exported_peft_adapter_reproduces_outputs(world, tmp_path):
     assert cfg["r"] == 8 and cfg["lora_alpha"] == 1 and cfg["base_model_name_or_path"] == str(world["opt"])
     peft_model = PeftModel.from_pretrained(load(world, "opt"), str(tmp_path / "adapter")).eval()
     assert (logits(peft_model, x) - expected).abs().max().item() < 1e-5
+    model.resize_token_embeddings(cfg_vocab := model.config.vocab_size + 8)
+    with pytest.warns(UserWarning, match=f"resize_token_embeddings\\({cfg_vocab}\\)"):
+        lora.export_peft_adapter(model, str(world["opt"]), tmp_path / "resized")
     lora.convert_lora_to_linear_layer(model)
     with pytest.raises(SFTError, match="unfuse"):
         lora.export_peft_adapter(model, str(world["opt"]), tmp_path / "again")
