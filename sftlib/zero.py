@@ -260,8 +260,10 @@ def launch(module: str, args: list, ranks: int = 2, env: dict | None = None, tim
         port = sock.getsockname()[1]
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
     cmd = [launcher, "--num_gpus", str(ranks), "--master_port", str(port), "--module", module, *map(str, args)]
+    dist_vars = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    clean = {k: v for k, v in os.environ.items() if k not in dist_vars}  # not the caller's one-rank group
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
+                          env=dict(clean, OMP_NUM_THREADS="1", **(env or {})))
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:8])} ... failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return proc.stdout

@@ -3,11 +3,10 @@
 import json
 import os
 import signal
-import sys
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import DEEPSPEED, run_cli
 
 from sftlib import zero
 
@@ -144,7 +143,6 @@ def test_sigkill_mid_save_leaves_previous_save_or_nothing(world, tmp_path):
 # ZeRO-0 on one rank vs ZeRO-3 on two ranks (one launch)
 # --------------------------------------------------------------------------------------------
 
-DEEPSPEED = os.path.join(os.path.dirname(sys.executable), "deepspeed")  # the launcher beside this python
 SEQ = "14"  # the shortest toy sample is 14 tokens: no padding, so every rank averages the same token count
 LR = "1e-4"  # at 1e-3 rounding differences, amplified by ReLU and Adam, reach ~5e-3 in 54 steps
 
