@@ -188,10 +188,11 @@ def _zero3_params(module):
     return [p for p in module.parameters() if hasattr(p, "ds_id")]
 
 
-def _gathered(module, modifier_rank=None):
+def _gathered(module, modifier_rank=None, lora_only=False):
     import deepspeed
 
-    params = _zero3_params(module)
+    params = [p for p in _zero3_params(module) if not lora_only or p is module.lora_right_weight
+              or p is module.lora_left_weight]
     return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank, enabled=bool(params))
 
 
@@ -274,7 +275,7 @@ def lora_state_for_peft(model) -> tuple[dict[str, torch.Tensor], dict]:
         raise SFTError("every LoRA layer must share one rank, scaling and layout to be exported as one PEFT adapter")
     state = {}
     for name, module in layers:
-        with _gathered(module):
+        with _gathered(module, lora_only=True):
             state[f"{name}.lora_A.weight"] = module.lora_right_weight.detach().t().contiguous().cpu().clone()
             state[f"{name}.lora_B.weight"] = module.lora_left_weight.detach().t().contiguous().cpu().clone()
     r = ranks.pop()
@@ -344,7 +345,7 @@ def load_lora_from_peft(model, peft_state: dict, strict=True):
                 if strict:
                     raise SFTError(f"the PEFT weights have no {key}")
                 continue
-            with _gathered(module, modifier_rank=0):
+            with _gathered(module, modifier_rank=0, lora_only=True):
                 getattr(module, attr).data.copy_(clean[key].t())
             used.add(key)
     if strict and set(clean) - used:

@@ -232,7 +232,7 @@ def test_zero3_fuse_unfuse_and_export_match_plain(world):
     from sftlib.train import init_distributed
 
     init_distributed()
-    plain = randomise_lora(lora.convert_linear_layer_to_lora(load(world, "opt"), "decoder.layers.", 8))
+    plain = randomise_lora(lora.convert_linear_layer_to_lora(load(world, "opt"), "decoder.layers.", 32))
     x = ids()
     expected = logits(plain, x)
     config = get_train_ds_config(offload=False, dtype="fp32", stage=3)
@@ -240,6 +240,8 @@ def test_zero3_fuse_unfuse_and_export_match_plain(world):
     engine, *_ = deepspeed.initialize(model=copy.deepcopy(plain), config=config)
     q = engine.module.model.decoder.layers[0].self_attn.q_proj
     assert q.weight.ds_shape == (128, 128) and q.weight.numel() == 0, "the weight is partitioned"
+    fc1 = engine.module.model.decoder.layers[0].fc1
+    assert fc1.lora_left_weight.ds_shape == (32, 512) and fc1.lora_left_weight.numel() == 0, "so is a big LoRA matrix"
     assert (logits(engine, x) - expected).abs().max().item() < 1e-5
     state, _ = lora.lora_state_for_peft(engine)
     reference, _ = lora.lora_state_for_peft(plain)
