@@ -57,29 +57,45 @@ def load_model(path: str):
 
 def generation_kwargs(strategy: str, num_beams: int = 1, num_beam_groups: int = 1, top_k: int = 4,
                       penalty_alpha: float = 0.6, num_return_sequences: int = 1) -> dict:
-    """The keyword arguments of ``generate`` for each decoding strategy of the original file."""
+    """The options of each decoding strategy in the original file (its defaults where it sets them)."""
     if strategy == "greedy":
-        return {"do_sample": False, "num_beams": 1}
+        return {"strategy": strategy, "do_sample": False, "num_beams": 1}
     if strategy == "beam":
-        return {"do_sample": False, "num_beams": max(num_beams, 2), "num_return_sequences": num_return_sequences}
+        return {"strategy": strategy, "do_sample": False, "num_beams": max(num_beams, 2),
+                "num_return_sequences": num_return_sequences}
     if strategy == "multinomial":
-        return {"do_sample": True, "num_beams": 1, "num_return_sequences": num_return_sequences}
+        return {"strategy": strategy, "do_sample": True, "num_beams": 1, "num_return_sequences": num_return_sequences}
     if strategy == "diverse_beam":
         groups = max(num_beam_groups, 2)
-        return {"do_sample": False, "num_beams": max(num_beams, groups), "num_beam_groups": groups,
-                "diversity_penalty": 1.0, "num_return_sequences": num_return_sequences,
-                "custom_generate": "transformers-community/group-beam-search", "trust_remote_code": True}
+        return {"strategy": strategy, "num_beams": max(num_beams, 2 * groups), "num_beam_groups": groups,
+                "diversity_penalty": 1.0, "num_return_sequences": num_return_sequences}
     if strategy == "contrastive":
-        return {"do_sample": False, "top_k": top_k, "penalty_alpha": penalty_alpha,
-                "custom_generate": "transformers-community/contrastive-search", "trust_remote_code": True}
+        return {"strategy": strategy, "top_k": max(top_k, 2), "penalty_alpha": penalty_alpha}
     raise SFTError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 100, batch_size: int = 64,
-             **kwargs) -> list[str]:
-    """The continuation of each prompt (special tokens removed), in batches with left padding."""
+             strategy: str = "greedy", **kwargs) -> list[str]:
+    """The continuation of each prompt (special tokens removed).
+
+    Greedy, beam and multinomial run through ``model.generate`` in batches with left padding;
+    diverse beam and contrastive search use sftlib.decoding, one prompt at a time.
+    """
+    from sftlib import decoding
+
     out = []
+    if strategy in ("diverse_beam", "contrastive"):
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            if strategy == "contrastive":
+                seqs = [decoding.contrastive_search(model, ids, max_new_tokens=max_new_tokens,
+                                                    eos_token_id=tokenizer.eos_token_id, **kwargs)[0]]
+            else:
+                seqs = decoding.diverse_beam_search(model, ids, max_new_tokens=max_new_tokens,
+                                                    eos_token_id=tokenizer.eos_token_id, **kwargs)
+            out += [tokenizer.decode(s[ids.shape[1]:], skip_special_tokens=True) for s in seqs]
+        return out
     for i in range(0, len(prompts), batch_size):
         enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True)
         ids = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,

@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 import time
 
 import torch
@@ -76,6 +77,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--print_loss", action="store_true", help="every rank prints its micro-step loss")
     p.add_argument("--deepspeed_log_level", type=str, default=None, choices=["debug", "info", "warning", "error"],
                    help="info brings back DeepSpeed's step= and throughput lines (2023 releases printed them)")
+    # sftlib additions (off by default, so a plain run behaves like the original)
+    p.add_argument("--reshuffle_each_epoch", action="store_true",
+                   help="call sampler.set_epoch so each epoch sees a new order (the original repeats one order)")
+    p.add_argument("--save_steps", type=int, default=0, help="write a DeepSpeed checkpoint every N optimizer steps")
+    p.add_argument("--save_total_limit", type=int, default=None, help="keep only the newest N checkpoints")
+    p.add_argument("--checkpoint_dir", type=str, default=None, help="default: <output_dir>_checkpoints")
+    p.add_argument("--resume_from_checkpoint", type=str, default=None,
+                   help="a checkpoint folder (newest complete step) or one global_stepN inside it")
     p.add_argument("--mask_prompt", action="store_true",
                    help="loss on the response only (the original also trains on the prompt)")
     p.add_argument("--dynamic_padding", action="store_true",
@@ -107,6 +116,13 @@ def validate_args(args) -> None:
                        "use --dtype fp32 (bf16 works but is ~13x slower on AVX2 CPUs)")
     if args.num_train_epochs <= 0:
         raise SFTError(f"--num_train_epochs must be at least 1 (got {args.num_train_epochs})")
+    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, flag) <= 0:
+            raise SFTError(f"--{flag} must be a positive integer (got {getattr(args, flag)})")
+    if args.save_steps and args.save_steps > 0 and not (args.output_dir or args.checkpoint_dir):
+        raise SFTError("--save_steps needs --output_dir or --checkpoint_dir to know where checkpoints go")
+    if args.resume_from_checkpoint and not os.path.exists(args.resume_from_checkpoint):
+        raise SFTError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such folder")
     if args.only_optimize_lora and args.lora_dim <= 0:
         raise SFTError("--only_optimize_lora needs --lora_dim > 0, otherwise nothing would train")
     name = str(args.model_name_or_path)
@@ -133,8 +149,14 @@ def init_distributed() -> None:
     if dist.is_initialized():
         return
     if "RANK" not in os.environ:
+        # One rank: a file rendezvous cannot collide with another process's port, as TCP can.
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
+        store = os.path.join(tempfile.gettempdir(), f"sftlib-rendezvous-{os.getpid()}-{time.time_ns()}")
+        from deepspeed.accelerator import get_accelerator
+
+        backend = get_accelerator().communication_backend_name()
+        dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
     deepspeed.init_distributed()
 
 
@@ -151,23 +173,45 @@ def build_optimizer(args, groups):
     return FusedAdam(groups, lr=args.learning_rate, betas=(0.9, 0.95))
 
 
-def evaluation(model, eval_dataloader, device) -> tuple[float, float]:
-    """DeepSpeed-Chat's perplexity: mean of per-batch mean losses, averaged over ranks, then exp."""
+def evaluation(model, eval_dataloader, device) -> tuple[float, float, float]:
+    """Perplexity two ways: DeepSpeed-Chat's and weighted by tokens.
+
+    The original averages per-batch mean losses (a short batch counts as much as a long one), then
+    averages over ranks and takes ``exp``. The token-weighted value is ``exp`` of the total loss
+    over all predicted tokens divided by their count, over all ranks. Returns
+    ``(ppl, loss, ppl_token_weighted)``.
+    """
+    import torch.distributed as dist
+
     from sftlib.utils import get_all_reduce_mean, to_device
 
     model.eval()
     losses = torch.zeros((), device=device)
+    token_sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed token loss, token count
     step = 0
     for step, batch in enumerate(eval_dataloader):
+        batch = to_device(batch, device)
         with torch.no_grad():
-            losses += model(**to_device(batch, device)).loss.float()
+            loss = model(**batch).loss.float()
+        losses += loss
+        tokens = (batch["labels"][:, 1:] != -100).sum()
+        token_sums += torch.stack([loss.double() * tokens, tokens.double()])
     losses = get_all_reduce_mean(losses / (step + 1))
-    try:
-        perplexity = torch.exp(losses).item()
-    except OverflowError:
-        perplexity = float("inf")
+    if dist.is_initialized():
+        dist.all_reduce(token_sums)
+    perplexity = math.exp(min(losses.item(), 700.0))
+    ppl_tokens = math.exp(min((token_sums[0] / token_sums[1].clamp(min=1)).item(), 700.0))
     model.train()
-    return perplexity, losses.item()
+    return perplexity, losses.item(), ppl_tokens
+
+
+def _tensorboard_writer(args):
+    """A SummaryWriter under ``--tensorboard_path`` (rank 0 only), or None when disabled."""
+    if not args.enable_tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(os.path.join(args.tensorboard_path, "sftlib"))
 
 
 def _fmt_rate(x: float) -> str:
@@ -188,7 +232,7 @@ def main(args=None) -> dict:
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, get_scheduler
 
-    from sftlib import collate, data, lora, utils, zero
+    from sftlib import checkpoint, collate, data, lora, utils, zero
     from sftlib import model as model_utils
     from sftlib.ds_config import get_train_ds_config
     from sftlib.perf import StepMeter
@@ -263,24 +307,46 @@ def main(args=None) -> dict:
 
     history = {"step": [], "loss": [], "lr": [], "tokens_per_s": [], "eval": [], "world_size": world,
                "train_samples": len(train_dataset), "eval_samples": len(eval_dataset)}
+    ckpt_dir, meta = checkpoint.default_dir(args), checkpoint.meta_of(args, world)
+    start_epoch, skip_batches, rng_state = 0, 0, None
+    if args.resume_from_checkpoint:
+        resume_dir, tag, saved = checkpoint.resolve(args.resume_from_checkpoint, meta)
+        rng_state = checkpoint.load(model, resume_dir, tag)
+        start_epoch, skip_batches, history = saved["epoch"], saved["step_in_epoch"], saved["history"]
+        utils.print_rank_0(f"resumed from {resume_dir / tag}: epoch {start_epoch + 1}, "
+                           f"micro batch {skip_batches}, global step {model.global_steps}")
+    writer = _tensorboard_writer(args) if rank == 0 else None
 
     def evaluate(epoch):
         utils.print_rank_0(f"***** Evaluating perplexity, Epoch {epoch}/{args.num_train_epochs} *****")
-        ppl, loss = evaluation(model, eval_dataloader, device)
+        ppl, loss, ppl_tokens = evaluation(model, eval_dataloader, device)
         utils.print_rank_0(f"ppl: {ppl}, loss: {loss}")
-        history["eval"].append({"epoch": epoch, "ppl": ppl, "loss": loss})
+        utils.print_rank_0(f"token-weighted ppl: {ppl_tokens}")
+        history["eval"].append({"epoch": epoch, "ppl": ppl, "loss": loss, "ppl_token_weighted": ppl_tokens})
+        if writer:
+            writer.add_scalar("eval/ppl", ppl, model.global_steps)
+            writer.add_scalar("eval/ppl_token_weighted", ppl_tokens, model.global_steps)
 
     utils.print_rank_0("***** Running training *****")
-    evaluate(0)
-    for epoch in range(args.num_train_epochs):
+    if not args.resume_from_checkpoint:
+        evaluate(0)
+    for epoch in range(start_epoch, args.num_train_epochs):
         utils.print_rank_0(f"Beginning of Epoch {epoch + 1}/{args.num_train_epochs}, "
                            f"Total Micro Batches {len(train_dataloader)}")
+        if args.reshuffle_each_epoch:
+            train_dataloader.sampler.set_epoch(epoch)
         model.train()
-        bar = tqdm(train_dataloader, desc=f"epoch {epoch + 1}/{args.num_train_epochs}",
-                   disable=rank != 0, leave=False, file=sys.stdout)
+        batches = iter(train_dataloader)
+        first = skip_batches if epoch == start_epoch else 0
+        for _ in range(first):  # resume: the micro batches this epoch already trained on
+            next(batches)
+        if rng_state is not None and epoch == start_epoch:
+            checkpoint.restore_rng(rng_state)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.num_train_epochs}", initial=first,
+                   total=len(train_dataloader), disable=rank != 0, leave=False, file=sys.stdout)
         acc_loss, acc_tokens, t0 = 0.0, 0, time.time()
         meter = StepMeter(model, args.gradient_checkpointing, world)  # samples/s and TFLOPs per device
-        for step, batch in enumerate(bar):
+        for step, batch in enumerate(bar, start=first):
             batch = utils.to_device(batch, device)
             n_tokens = collate.pop_token_count(batch)  # the packing collator's count leaves the batch here
             loss = model(**batch, use_cache=False).loss
@@ -304,9 +370,18 @@ def main(args=None) -> dict:
             if rank == 0:
                 bar.write(f"step {model.global_steps} | loss {float(stats[0]):.4f} | "
                           f"{_fmt_rate(tok_s)} tok/s | {rates} | lr {lr:.1e}")
+            if writer:
+                for key, value in (("loss", float(stats[0])), ("lr", lr), ("tokens_per_s", tok_s)):
+                    writer.add_scalar(f"train/{key}", value, model.global_steps)
+            if args.save_steps > 0 and model.global_steps % args.save_steps == 0:
+                position = {"epoch": epoch, "step_in_epoch": step + 1}
+                tag = checkpoint.save(model, ckpt_dir, position, history, meta, args.save_total_limit)
+                utils.print_rank_0(f"checkpoint {tag} saved to {ckpt_dir}")
             acc_loss, acc_tokens, t0 = 0.0, 0, time.time()
         evaluate(epoch + 1)
         model.tput_timer.update_epoch_count()
+    if writer:
+        writer.close()
 
     history["train_seconds"] = time.time() - t_start
     if args.output_dir is not None:

@@ -1,11 +1,11 @@
 """sftlib.train: a real DeepSpeed run saves a complete HF folder; bad input fails in one line."""
 
+import json
 import os
 import sys
 
 import pytest
-
-from conftest import run_cli
+from conftest import DEEPSPEED, run_cli
 
 TRAIN = [sys.executable, "-m", "sftlib.train"]
 
@@ -41,11 +41,14 @@ def test_one_rank_run_trains_and_saves(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_ranks_zero3_saves_a_loadable_folder(world, tmp_path):
+def test_cpu_script_two_ranks_zero3_saves_a_loadable_folder(world, tmp_path):
+    """training_scripts/cpu/run_tiny.sh: `deepspeed --num_gpus 2` on CPU ranks, ZeRO-3."""
     out = tmp_path / "z3"
-    proc = run_cli(["deepspeed", "--num_gpus", "2", "--master_port", "29561", "--module", "sftlib.train",
-                    *small_args(world, out, "--zero_stage", "3")])
+    proc = run_cli(["bash", "training_scripts/cpu/run_tiny.sh", str(out), "3"],
+                   env_extra={"PYTHON": sys.executable, "SFTLIB_LAUNCHER": DEEPSPEED, "MASTER_PORT": "29561"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Total Micro Batches" in (tmp_path / "z3.log").read_text()
+    assert json.loads((out / "training_history.json").read_text())["world_size"] == 2
     assert_loads_and_generates(out)
 
 

@@ -1,0 +1,63 @@
+"""prompt_eval: every decoding strategy runs, the printed layout matches the original, scores are exact."""
+
+import sys
+
+import pytest
+
+from sftlib import prompt_eval
+from sftlib.prompt_eval import STRATEGIES, generate, generation_kwargs
+
+
+@pytest.fixture(scope="module")
+def tiny(world):
+    return prompt_eval.load_model(str(world["opt"]))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_generates(tiny, strategy):
+    import torch
+
+    model, tok = tiny
+    torch.manual_seed(0)
+    kwargs = generation_kwargs(strategy, num_beams=4, num_beam_groups=2, num_return_sequences=2)
+    out = generate(model, tok, ["\n\nHuman: What is the opposite of hot?\n\nAssistant:"], max_new_tokens=6, **kwargs)
+    assert out and all(isinstance(t, str) for t in out)
+    if strategy in ("beam", "diverse_beam", "multinomial"):
+        assert len(out) == 2
+
+
+def test_diverse_beams_differ(tiny):
+    model, tok = tiny
+    kwargs = generation_kwargs("diverse_beam", num_beams=4, num_beam_groups=2, num_return_sequences=4)
+    out = generate(model, tok, ["The capital of"], max_new_tokens=4, **kwargs)
+    assert len(set(out)) == len(out) == 4
+
+
+def test_contrastive_with_alpha_zero_is_greedy(tiny):
+    model, tok = tiny
+    prompt = ["\n\nHuman: Tell me the color of snow.\n\nAssistant:"]
+    greedy = generate(model, tok, prompt, max_new_tokens=8, strategy="greedy", do_sample=False)
+    contrastive = generate(model, tok, prompt, max_new_tokens=8, strategy="contrastive", top_k=4, penalty_alpha=0.0)
+    assert greedy == contrastive
+
+
+def test_exact_match_scores_what_it_says(tiny):
+    model, tok = tiny
+    prompt = "\n\nHuman: What is the opposite of hot?\n\nAssistant:"
+    got = generate(model, tok, [prompt], max_new_tokens=24, do_sample=False)[0]
+    rows = [{"prompt": prompt, "chosen": " " + prompt_eval.normalise(got)}, {"prompt": prompt, "chosen": " ???"}]
+    score, results = prompt_eval.exact_match(model, tok, rows)
+    assert score == 0.5 and [r["correct"] for r in results] == [True, False]
+
+
+def test_printed_layout(world, capsys):
+    prompt_eval.main(["--model_name_or_path_baseline", str(world["opt"]), "--model_name_or_path_finetune",
+                      str(world["opt"]), "--max_new_tokens", "4", "--language", "Chinese"])
+    out = capsys.readouterr().out
+    assert out.count("==========Baseline: Greedy=========") == len(prompt_eval.PROMPTS["Chinese"])
+    assert out.count("==========finetune: Greedy=========") == len(prompt_eval.PROMPTS["Chinese"])
+    assert "====================prompt end=============================" in out
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v"]))

@@ -1,0 +1,92 @@
+"""Checkpoints and resume: a 2-rank run killed with SIGKILL resumes to bit-identical weights."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import DEEPSPEED, ROOT
+
+from sftlib.utils import SFTError
+
+
+def two_rank_cmd(world, out, port, *extra):
+    return [DEEPSPEED, "--num_gpus", "2", "--master_port", str(port), "--module", "sftlib.train",
+            "--model_name_or_path", str(world["opt"]), "--data_path", str(world["data"]),
+            "--data_split", "10,0,0", "--max_seq_len", "48", "--per_device_train_batch_size", "8",
+            "--num_train_epochs", "2", "--dtype", "fp32", "--reshuffle_each_epoch",
+            "--output_dir", str(out), *extra]
+
+
+def run(cmd, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True, **kw)
+
+
+def weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(world, tmp_path):
+    reference = run(two_rank_cmd(world, tmp_path / "ref", 29571))
+    ckpts = tmp_path / "killed_checkpoints"
+    killed = run(two_rank_cmd(world, tmp_path / "killed", 29572, "--save_steps", "5", "--save_total_limit", "2"))
+    deadline = time.time() + 300
+    while not (ckpts / "global_step5" / "sftlib_checkpoint.json").exists():
+        assert killed.poll() is None and time.time() < deadline, killed.stdout.read()[-3000:]
+        time.sleep(0.1)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed").exists(), "the run was killed before its final save"
+    out, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, out[-3000:]
+
+    resumed = run(two_rank_cmd(world, tmp_path / "killed", 29573, "--save_steps", "5", "--save_total_limit", "2",
+                               "--resume_from_checkpoint", str(ckpts)))
+    log, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, log[-3000:]
+    assert "resumed from" in log
+    ref, got = weights(tmp_path / "ref"), weights(tmp_path / "killed")
+    assert ref.keys() == got.keys()
+    assert max((ref[k] - got[k]).abs().max().item() for k in ref) == 0.0
+    assert len([p for p in os.listdir(ckpts) if p.startswith("global_step")]) <= 2, "save_total_limit"
+
+    # A 2-rank checkpoint cannot be resumed by one rank: the error says why and what DeepSpeed supports.
+    from sftlib.train import main
+
+    with pytest.raises(SFTError, match="world_size=2.*world_size=1.*universal"):
+        main(two_rank_cmd(world, tmp_path / "one", 0, "--resume_from_checkpoint", str(ckpts))[7:])
+
+
+def test_resume_from_missing_or_foreign_folder(world, tmp_path):
+    from sftlib.train import main
+
+    base = ["--model_name_or_path", str(world["opt"]), "--data_path", str(world["data"]), "--data_split", "10,0,0",
+            "--max_seq_len", "32", "--dtype", "fp32"]
+    with pytest.raises(SFTError, match="no such folder"):
+        main(base + ["--resume_from_checkpoint", str(tmp_path / "nope")])
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "pytorch_model.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(SFTError, match="not an sftlib checkpoint folder"):
+        main(base + ["--resume_from_checkpoint", str(foreign)])
+
+
+@pytest.mark.parametrize("flag, value", [("--per_device_train_batch_size", "0"),
+                                         ("--gradient_accumulation_steps", "-1")])
+def test_batch_sizes_must_be_positive(world, flag, value):
+    from sftlib.train import main
+
+    with pytest.raises(SFTError, match=flag):
+        main(["--model_name_or_path", str(world["opt"]), "--data_path", str(world["data"]), "--dtype", "fp32",
+              flag, value])
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v"]))
