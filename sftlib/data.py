@@ -298,13 +298,35 @@ def read_json_rows(path: str | os.PathLike, required=("prompt", "chosen")) -> li
     return [row for _, row in numbered]
 
 
+def _fast_json(path: Path, required):
+    """json lines parsed by Arrow's C++ reader; None whenever anything looks off (then the slow
+    reader runs and reports the exact line)."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    with open(path, "rb") as f:
+        if f.read(64).lstrip()[:1] in (b"[", b""):
+            return None
+    try:
+        table = pj.read_json(str(path), read_options=pj.ReadOptions(block_size=1 << 24))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError):
+        return None
+    if table.num_rows == 0 or any(k not in table.column_names or table.column(k).null_count for k in required):
+        return None
+    return datasets.Dataset(table)
+
+
 def _load_file(path: Path, spec: DatasetSpec):
     """One local file as a ``datasets.Dataset``; json/jsonl are checked row by row first."""
     import datasets
 
     required = spec.required_keys()
     if path.suffix in (".json", ".jsonl"):
-        rows = read_json_rows(path, required)
+        fast = _fast_json(path, required)
+        if fast is not None:
+            return fast
+        rows = read_json_rows(path, required)  # slow, but names the file and line of any problem
         try:
             return datasets.Dataset.from_list(rows)
         except Exception as err:  # arrow type clashes between rows
@@ -315,6 +337,13 @@ def _load_file(path: Path, spec: DatasetSpec):
     ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     _check_columns(ds, required, str(path))
     return ds
+
+
+def select_rows(ds, indices):
+    """``ds.select(indices)`` with a cheap fingerprint (``datasets`` would dill-hash the whole list)."""
+    indices = list(indices)
+    tag = hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes() + ds._fingerprint.encode()).hexdigest()
+    return ds.select(indices, new_fingerprint=tag[:32])
 
 
 def _check_columns(ds, required, where: str):
@@ -434,7 +463,7 @@ class PromptRawDataset:
         train = self.raw_datasets[self.spec.train_split]
         index = get_raw_dataset_split_index(self.local_rank, self.output_path, self.dataset_name_clean, self.seed,
                                             "train_eval", "9,1", part, len(train))
-        return train.select(index)
+        return select_rows(train, index)
 
     def get_train_data(self):
         if self._own_eval():
@@ -664,7 +693,8 @@ def tokenize_split(rows, raw: PromptRawDataset, train_phase: int, tokenizer, end
                                   2: {"chosen_input_ids": ids, "rejected_input_ids": ids, "full_length": num},
                                   3: {"input_ids": ids, "full_length": num}}[train_phase])
     needed = [c for c in raw.columns_needed(train_phase) if c in rows.column_names]
-    rows = rows.select_columns(needed)
+    rows = rows.select_columns(needed, new_fingerprint=hashlib.sha256(
+        f"{rows._fingerprint}{needed}".encode()).hexdigest()[:32])
     tag = hashlib.sha256(f"{rows._fingerprint}-{train_phase}-{max_seq_len}-{end_of_conversation_token}".encode())
     out = rows.map(_phase_batch, batched=True, batch_size=1000, num_proc=num_proc, features=features,
                    remove_columns=rows.column_names, keep_in_memory=True, load_from_cache_file=False,
@@ -835,12 +865,12 @@ def _blend(tables, seed: int, weights=None):
         for i, (t, w) in enumerate(zip(tables, weights)):
             want = int(round(w / wsum * total))
             order = np.random.RandomState(seed + i).permutation(len(t))
-            picked.append(t.select(np.resize(order, want).tolist()))
+            picked.append(select_rows(t, np.resize(order, want).tolist()))
         tables = picked
     if len(tables) == 1 and weights is None:
         return tables[0]
     merged = datasets.concatenate_datasets(tables)
-    return merged.select(get_shuffle_idx(seed, len(merged)).tolist())
+    return select_rows(merged, get_shuffle_idx(seed, len(merged)).tolist())
 
 
 def _report_truncation(table, max_seq_len: int, where: str, train_phase: int) -> dict:
@@ -870,7 +900,7 @@ def build_prompt_datasets(data_path, data_split, output_path, train_phase, seed,
         for name, rows, bucket in (("train", raw.get_train_data(), trains), ("eval", raw.get_eval_data(), evals)):
             idx = get_raw_dataset_split_index(local_rank, output_path, raw.dataset_name_clean, seed, name, split,
                                               train_phase - 1, len(rows))
-            table = tokenize_split(rows.select(idx), raw, train_phase, tokenizer, end_of_conversation_token,
+            table = tokenize_split(select_rows(rows, idx), raw, train_phase, tokenizer, end_of_conversation_token,
                                    max_seq_len, num_proc)
             stats[f"{entry}:{name}"] = _report_truncation(table, max_seq_len, f"{entry} ({name})", train_phase)
             bucket.append((entry in (sft_only_data_path or []), table))
@@ -883,7 +913,7 @@ def build_prompt_datasets(data_path, data_split, output_path, train_phase, seed,
         train = _blend(([train] if train is not None else []) + sft_train, seed)
     if train_phase == 1 and sft_eval and any(len(t) for t in sft_eval):
         evals_main = _blend(([evals_main] if evals_main is not None else []) + sft_eval, seed)
-    empty = trains[0][1].select([])
+    empty = select_rows(trains[0][1], [])
     return (train if train is not None else empty), (evals_main if evals_main is not None else empty), stats
 
 

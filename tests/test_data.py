@@ -382,3 +382,15 @@ def test_packing_keeps_attention_inside_each_sample(world, tok, tmp_path):
             assert torch.allclose(logits[0, start:start + n], alone, atol=1e-4), "a sample saw its neighbour"
             assert batch["labels"][0, start] == -100
             start += n
+
+
+def test_sft_only_sets_skip_the_split_and_join_phase_1(tok, tmp_path):
+    for word, n in (("alpha", 100), ("beta", 30)):
+        write_jsonl(tmp_path / word / "train.jsonl", word_rows(word, n))
+        write_jsonl(tmp_path / word / "eval.jsonl", word_rows(word, 10))
+    train, evals = data.create_prompt_dataset(0, [str(tmp_path / "alpha")], "2,4,4", str(tmp_path / "c"), 1, 1, tok,
+                                              32, end_of_conversation_token=tok.eos_token,
+                                              sft_only_data_path=[str(tmp_path / "beta")])
+    assert len(train) == 20 + 30 and len(evals) == 2 + 10  # alpha's phase-1 part + all of beta
+    betas = sum("beta" in tok.decode(train[i]["input_ids"]) for i in range(len(train)))
+    assert betas == 30 and "beta" in "".join(tok.decode(train[i]["input_ids"]) for i in range(25))
