@@ -611,35 +611,44 @@ def _prompt_boundary(prompt: str | None, joined: str) -> int:
     return len(prompt) if joined.startswith(prompt) else len(os.path.commonprefix([prompt, joined]))
 
 
-def _encode(tokenizer, texts, max_seq_len, truncate=True, offsets=False):
+def _encode(tokenizer, texts, max_seq_len, truncate=True):
     """Batched encoding; rows longer than ``max_seq_len`` are re-encoded with truncation so the
-    ids equal what ``truncation=True`` gives. Returns (ids, offsets or None, full lengths).
+    ids equal what ``truncation=True`` gives. Returns (ids, full lengths, backend encodings or None).
 
     Fast tokenizers are called through their Rust backend directly (the same ids as
     ``tokenizer(texts)``, without building Python ``BatchEncoding`` objects)."""
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    encs = None
     if backend is not None:
         backend.no_truncation()
         backend.no_padding()
         encs = backend.encode_batch(texts, add_special_tokens=True)
         ids = [e.ids for e in encs]
-        offs = [e.offsets for e in encs] if offsets else None
     else:
-        kw = {"return_offsets_mapping": True} if offsets else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            enc = tokenizer(texts, truncation=False, **kw)
-        ids, offs = enc["input_ids"], enc.get("offset_mapping")
+            ids = tokenizer(texts, truncation=False)["input_ids"]
     lengths = [len(x) for x in ids]
     long_rows = [i for i, n in enumerate(lengths) if n > max_seq_len]
     if truncate and long_rows:
-        kw = {"return_offsets_mapping": True} if offsets else {}
-        cut = tokenizer([texts[i] for i in long_rows], truncation=True, max_length=max_seq_len, **kw)
+        cut = tokenizer([texts[i] for i in long_rows], truncation=True, max_length=max_seq_len)["input_ids"]
         for j, i in enumerate(long_rows):
-            ids[i] = cut["input_ids"][j]
-            if offs is not None:
-                offs[i] = cut["offset_mapping"][j]
-    return ids, offs, lengths
+            ids[i] = cut[j]
+    return ids, lengths, encs
+
+
+def _prompt_token_counts(tokenizer, texts, bounds, ids, encs) -> list[int]:
+    """How many leading tokens belong to the prompt: those before the token holding the first
+    response character (a token straddling the boundary counts as response)."""
+    if encs is None:  # slow tokenizers: tokenize the prompt part on its own
+        return [min(len(tokenizer(t[:b])["input_ids"]), len(x)) for t, b, x in zip(texts, bounds, ids)]
+    out = []
+    for enc, b, x in zip(encs, bounds, ids):
+        k = enc.char_to_token(b)
+        if k is None:  # the boundary char belongs to no token (e.g. stripped): scan the offsets
+            k = _count_prompt_tokens(enc.offsets, b)
+        out.append(min(k, len(x)))
+    return out
 
 
 def _count_prompt_tokens(offsets, boundary: int) -> int:
@@ -649,33 +658,65 @@ def _count_prompt_tokens(offsets, boundary: int) -> int:
     return len(offsets)
 
 
+def _render_columns(template: str, batch: dict) -> list | None:
+    """A template rendered for a whole batch at once, when every placeholder is a plain column
+    (no dots) and the template is only placeholders and literals; else None (render per row)."""
+    parts = _parse_template(template)
+    if any(path is not None and ("." in path or path not in batch) for _, path in parts):
+        return None
+    cols = [batch[path] for _, path in parts if path is not None]
+    lits = [lit for lit, _ in parts]
+    if len(cols) == 1 and lits == ["", ""]:
+        return [v if v is None or isinstance(v, str) else str(v) for v in cols[0]]
+    out = []
+    for values in zip(*cols):
+        if any(v is None for v in values):
+            out.append(None)
+            continue
+        text = lits[0]
+        for v, lit in zip(values, lits[1:]):
+            text += (v if isinstance(v, str) else str(v)) + lit
+        out.append(text)
+    return out
+
+
+def _phase1_texts(batch: dict, raw) -> tuple[list, list]:
+    """(prompt boundaries, prompt+chosen texts) of the usable rows of a batch."""
+    spec = raw.spec
+    if spec.transform is None and spec.prompt_and_chosen is None:
+        prompts, chosen = _render_columns(spec.prompt, batch), _render_columns(spec.chosen, batch)
+        if prompts is not None and chosen is not None:
+            pairs = [(len(p), p + c) for p, c in zip(prompts, chosen) if p is not None and c is not None]
+            return [b for b, _ in pairs], [t for _, t in pairs]
+    keys = list(batch)
+    bounds, texts = [], []
+    for vals in zip(*batch.values()):
+        prompt, joined = raw.prompt_and_chosen_pair(dict(zip(keys, vals)))
+        if joined is not None:
+            texts.append(joined)
+            bounds.append(_prompt_boundary(prompt, joined))
+    return bounds, texts
+
+
 def _phase_batch(batch, raw, train_phase, tokenizer, eot, max_seq_len):
     """``datasets.map(batched=True)`` body: rows -> unpadded token ids (+ prompt token counts)."""
+    if train_phase == 1:
+        prompts, texts = _phase1_texts(batch, raw)
+        texts = [t + eot for t in texts]
+        ids, lengths, encs = _encode(tokenizer, texts, max_seq_len)
+        n_prompt = _prompt_token_counts(tokenizer, texts, prompts, ids, encs)
+        return {"input_ids": ids, "prompt_tokens": n_prompt, "full_length": lengths}
     keys = list(batch)
     rows = [dict(zip(keys, vals)) for vals in zip(*batch.values())]
-    if train_phase == 1:
-        prompts, texts = [], []
-        for row in rows:
-            prompt, joined = raw.prompt_and_chosen_pair(row)
-            if joined is not None:
-                texts.append(joined + eot)
-                prompts.append(_prompt_boundary(prompt, joined))
-        fast = getattr(tokenizer, "is_fast", False)
-        ids, offs, lengths = _encode(tokenizer, texts, max_seq_len, offsets=fast)
-        if fast:
-            n_prompt = [_count_prompt_tokens(o, b) for o, b in zip(offs, prompts)]
-        else:
-            n_prompt = [min(len(tokenizer(t[:b])["input_ids"]), len(x)) for t, b, x in zip(texts, prompts, ids)]
-        return {"input_ids": ids, "prompt_tokens": n_prompt, "full_length": lengths}
     if train_phase == 2:
         pairs = [(raw.get_prompt_and_chosen(r), raw.get_prompt_and_rejected(r)) for r in rows]
         pairs = [(c + eot, r + eot) for c, r in pairs if c is not None and r is not None]
-        chosen, _, lc = _encode(tokenizer, [c for c, _ in pairs], max_seq_len)
-        rejected, _, lr = _encode(tokenizer, [r for _, r in pairs], max_seq_len)
+        chosen, lc, _ = _encode(tokenizer, [c for c, _ in pairs], max_seq_len)
+        rejected, lr, _ = _encode(tokenizer, [r for _, r in pairs], max_seq_len)
         return {"chosen_input_ids": chosen, "rejected_input_ids": rejected,
                 "full_length": [max(a, b) for a, b in zip(lc, lr)]}
     prompts = [p for p in map(raw.get_prompt, rows) if p is not None]
-    ids, _, lengths = _encode(tokenizer, prompts, max_seq_len, truncate=False)
+    ids, lengths, _ = _encode(tokenizer, prompts, max_seq_len, truncate=False)
     return {"input_ids": ids, "full_length": lengths}  # phase 3 drops (not cuts) long prompts afterwards
 
 
