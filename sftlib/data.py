@@ -872,7 +872,8 @@ def wait_for_cache(folder: Path, poll_s: float = 0.5, say_every_s: float = 60.0)
         if failed.is_file() and failed.stat().st_mtime >= started - 120:
             raise SFTError(failed.read_text().strip() or "rank 0 failed to build the dataset cache")
         if time.time() - last_say >= say_every_s:
-            print(f"rank {global_rank()}: waiting for rank 0 to build the dataset cache {folder}", flush=True)
+            print(f"process {os.getpid()} (rank {global_rank()}): waiting for global rank 0 to build the dataset "
+                  f"cache {folder}", flush=True)
             last_say = time.time()
         time.sleep(poll_s)
 
