@@ -129,14 +129,6 @@ def pop_token_count(batch: dict) -> int:
     return int(batch["attention_mask"].sum())
 
 
-def meter_view(batch: dict, n_tokens: int) -> dict:
-    """What a throughput meter should count: the batch itself, or (packed batches, whose mask is
-    4-D) the ids with a stand-in mask summing to the real token count."""
-    if batch.get("attention_mask") is None or batch["attention_mask"].dim() == 2:
-        return batch
-    return {"input_ids": batch["input_ids"], "attention_mask": torch.tensor([n_tokens])}
-
-
 def make_collator(kind: str, pad_token_id: int, max_seq_len: int | None = None, dtype=torch.float32):
     """``"compat"`` -> transformers' default collator (samples already padded); ``"dynamic"``;
     ``"packing"``."""
