@@ -28,7 +28,6 @@ from sftlib.utils import SFTError
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
                    "vocab.txt", "spiece.model")
 
-_ds_configs_alive = []  # HfDeepSpeedConfig objects must outlive model creation under ZeRO-3
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,10 +209,11 @@ def create_hf_model(model_class, model_name_or_path: str, tokenizer, ds_config: 
     model_config = load_config(model_name_or_path, trust_remote_code)
     configure_dropout(model_config, dropout)
 
+    dschf = None  # while alive, transformers loads weights partitioned (ZeRO-3); it lives as long as the model
     if ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3:
         from transformers.integrations import HfDeepSpeedConfig
 
-        _ds_configs_alive.append(HfDeepSpeedConfig(ds_config))
+        dschf = HfDeepSpeedConfig(ds_config)
     remote = {"trust_remote_code": True} if trust_remote_code else {}
     try:
         if rlhf_training:
@@ -234,6 +234,7 @@ def create_hf_model(model_class, model_name_or_path: str, tokenizer, ds_config: 
     wanted = padded_vocab_size(len(tokenizer), current)
     if wanted > current:
         model.resize_token_embeddings(wanted)
+    model.sftlib_hf_ds_config = dschf  # not a global: a later plain from_pretrained must not load partitioned
     return model
 
 

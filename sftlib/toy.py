@@ -3,7 +3,8 @@
 Everything a notebook or test needs is made here, deterministically, with no network:
 
 - an instruction dataset in DeepSpeed-Chat's schema (``prompt``, ``response``, ``chosen``,
-  ``rejected``; prompts as ``"\\n\\nHuman: ...\\n\\nAssistant:"``), five task families, one Chinese;
+  ``rejected``; prompts as ``"\\n\\nHuman: ...\\n\\nAssistant:"``) in five task families: capitals of
+  made-up countries, opposites, colours, the next number, and opposites in Chinese;
 - a byte-level BPE tokenizer trained on it with ``tokenizers``;
 - tiny OPT and Llama models built from configs and briefly pretrained on plain prose stating the
   same facts, with no Human/Assistant turns. Like ``facebook/opt-1.3b`` they know things but do not
@@ -38,7 +39,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-WORLD_VERSION = 2  # bump when anything below changes what gets built
+WORLD_VERSION = 5  # bump when anything below changes what gets built
 SEED = 1234
 EVAL_FRACTION = 0.35 # share of instruction rows held out for evaluation
 PRETRAIN_STEPS = 700  # prose pretraining steps per model (about 80 s on 2 cores)
@@ -64,7 +65,10 @@ def home() -> Path:
 
 _SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "dor", "sa", "ti", "qu", "zel", "bra", "nor",
               "fi", "lan", "thu", "go", "mer", "ix", "pa", "wen", "sto", "ryn", "ael", "cor"]
-_ZH_CHARS = list("安多云山河海星月林石金玉青白红风雪光明华")
+_ZH_OPPOSITES = [("大", "小"), ("高", "低"), ("多", "少"), ("长", "短"), ("快", "慢"), ("冷", "热"),
+                 ("新", "旧"), ("上", "下"), ("左", "右"), ("前", "后"), ("早", "晚"), ("黑", "白"),
+                 ("东", "西"), ("南", "北"), ("开", "关"), ("来", "去"), ("进", "出"), ("买", "卖"),
+                 ("胖", "瘦"), ("远", "近")]
 _OPPOSITES = [("hot", "cold"), ("big", "small"), ("fast", "slow"), ("up", "down"),
               ("happy", "sad"), ("light", "dark"), ("early", "late"), ("open", "closed"),
               ("full", "empty"), ("strong", "weak"), ("rich", "poor"), ("hard", "soft"),
@@ -116,8 +120,8 @@ def make_facts(seed: int = SEED) -> tuple[list[ToyItem], list[str]]:
     prose: list[str] = []
     taken: set[str] = set()
 
-    countries = _names(rng, 80, (2, 3), _SYLLABLES, taken, title=True)
-    capitals = _names(rng, 80, (2, 3), _SYLLABLES, taken, title=True)
+    countries = _names(rng, 70, (2, 3), _SYLLABLES, taken, title=True)
+    capitals = _names(rng, 70, (2, 3), _SYLLABLES, taken, title=True)
     for c, cap in zip(countries, capitals):
         wrong = rng.choice([x for x in capitals if x != cap])
         for q in (f"What is the capital of {c}?", f"Which city is the capital of {c}?",
@@ -126,13 +130,13 @@ def make_facts(seed: int = SEED) -> tuple[list[ToyItem], list[str]]:
         prose += [f"The capital of {c} is {cap}.", f"{cap} is the capital city of {c}.",
                   f"In {c}, the capital is {cap}."]
 
-    zh_countries = [n + "国" for n in _names(rng, 50, (2, 2), _ZH_CHARS, taken, title=False)]
-    zh_capitals = [n + "城" for n in _names(rng, 50, (1, 2), _ZH_CHARS, taken, title=False)]
-    for c, cap in zip(zh_countries, zh_capitals):
-        wrong = rng.choice([x for x in zh_capitals if x != cap])
-        for q in (f"{c}的首都是哪里？", f"{c}的首都叫什么？"):
-            items.append(ToyItem("capital_zh", q, f"{cap}。", f"{wrong}。"))
-        prose += [f"{c}的首都是{cap}。", f"{cap}是{c}的首都。"]
+    zh_pairs = _ZH_OPPOSITES + [(b, a) for a, b in _ZH_OPPOSITES]
+    for w, o in zh_pairs:
+        wrong = rng.choice([x for _, x in zh_pairs if x not in (w, o)])
+        for q in (f"“{w}”的反义词是什么？", f"请说出“{w}”的反义词。"):
+            items.append(ToyItem("opposite_zh", q, f"{o}。", f"{wrong}。"))
+        # quoted as in the questions, so the tokens line up; the space before the answer as in responses
+        prose += [f"“{w}”的反义词是 {o}。", f"“{o}”和“{w}”意思相反，“{w}”的反义词是 {o}。"]
 
     pairs = _OPPOSITES + [(b, a) for a, b in _OPPOSITES]
     for w, o in pairs:
@@ -144,13 +148,13 @@ def make_facts(seed: int = SEED) -> tuple[list[ToyItem], list[str]]:
     for obj, color in zip(_OBJECTS, _OBJECT_COLORS):
         wrong = rng.choice([x for x in _COLORS if x != color])
         for q in (f"What color is {obj}?", f"Tell me the color of {obj}."):
-            items.append(ToyItem("color", q, f"{color.capitalize()}.", f"{wrong.capitalize()}."))
+            items.append(ToyItem("color", q, f"{color}.", f"{wrong}."))
         prose += [f"{obj[0].upper() + obj[1:]} is {color}.", f"The color of {obj} is {color}."]
 
-    words = sorted({w for w, _ in pairs} | set(countries[:60]) | set(_COLORS))
-    for w in rng.sample(words, 120):
-        wrong = rng.choice([x for x in words if x != w])
-        items.append(ToyItem("repeat", f"Repeat the word {w}.", f"{w}.", f"{wrong}."))
+    for n in range(1, 61):
+        for q in (f"What number comes after {n}?", f"What is {n} plus one?"):
+            items.append(ToyItem("successor", q, f"{n + 1}.", f"{n + 2}."))
+        prose += [f"After {n} comes {n + 1}.", f"{n} plus one is {n + 1}."]
     return items, prose
 
 
@@ -226,6 +230,7 @@ def model_config(kind: str, vocab_size: int):
     if kind == "opt":
         return OPTConfig(vocab_size=vocab, max_position_embeddings=512, pad_token_id=1,
                          bos_token_id=2, eos_token_id=2, word_embed_proj_dim=128,
+                         # real OPT uses dropout 0.1; 0 lets the tiny model memorise its facts quickly
                          dropout=0.0, attention_dropout=0.0, **MODEL_CONFIGS["opt"])
     if kind == "llama":
         return LlamaConfig(vocab_size=vocab, max_position_embeddings=512, bos_token_id=0,

@@ -394,8 +394,10 @@ def main(args=None) -> dict:
         if rank == 0:
             with open(os.path.join(args.output_dir, "training_history.json"), "w") as f:
                 json.dump(history, f, indent=1)
+        dist.barrier()  # every rank returns only once the saved folder is complete
         history["output_dir"] = args.output_dir
         utils.print_rank_0(f"saved to {args.output_dir}")
+    model.module.sftlib_hf_ds_config = None  # end ZeRO-3 loading mode for later models in this process
     return history
 
 

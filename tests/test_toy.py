@@ -13,8 +13,8 @@ def test_dataset_is_deterministic_and_in_schema():
         assert r["chosen"].startswith(" ") and r["rejected"].startswith(" ")
         assert r["chosen"] == r["response"] and r["chosen"] != r["rejected"]
     families = {r["family"] for r in train}
-    assert {"capital", "capital_zh", "opposite", "color", "repeat"} <= families
-    assert any("首都" in r["prompt"] for r in train)
+    assert {"capital", "opposite_zh", "opposite", "color", "successor"} <= families
+    assert any("反义词" in r["prompt"] for r in train)
 
 
 def test_pretraining_prose_has_no_chat_turns():
