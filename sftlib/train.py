@@ -123,6 +123,10 @@ def validate_args(args) -> None:
         raise SFTError("--save_steps needs --output_dir or --checkpoint_dir to know where checkpoints go")
     if args.resume_from_checkpoint and not os.path.exists(args.resume_from_checkpoint):
         raise SFTError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such folder")
+    if getattr(args, "deepspeed_config", None):
+        raise SFTError("--deepspeed_config is not read: like DeepSpeed-Chat, sftlib builds the DeepSpeed config from "
+                       "its own flags (train_batch_size = per_device_train_batch_size x gradient_accumulation_steps "
+                       "x world size, so it always divides); pass those flags instead")
     if args.only_optimize_lora and args.lora_dim <= 0:
         raise SFTError("--only_optimize_lora needs --lora_dim > 0, otherwise nothing would train")
     name = str(args.model_name_or_path)

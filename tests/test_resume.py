@@ -79,7 +79,8 @@ def test_resume_from_missing_or_foreign_folder(world, tmp_path):
 
 
 @pytest.mark.parametrize("flag, value", [("--per_device_train_batch_size", "0"),
-                                         ("--gradient_accumulation_steps", "-1")])
+                                         ("--gradient_accumulation_steps", "-1"),
+                                         ("--deepspeed_config", "ds_config.json")])
 def test_batch_sizes_must_be_positive(world, flag, value):
     from sftlib.train import main
 
