@@ -143,7 +143,7 @@ def test_sigkill_mid_save_leaves_previous_save_or_nothing(world, tmp_path):
 # ZeRO-0 on one rank vs ZeRO-3 on two ranks (one launch)
 # --------------------------------------------------------------------------------------------
 
-SEQ = "14"  # the shortest toy sample is 14 tokens: no padding, so every rank averages the same token count
+SEQ = "14"  # <= the shortest toy sample (17 tokens): no padding, so every rank averages the same token count
 LR = "1e-4"  # at 1e-3 rounding differences, amplified by ReLU and Adam, reach ~5e-3 in 54 steps
 
 
