@@ -52,39 +52,56 @@ def test_cpu_script_two_ranks_zero3_saves_a_loadable_folder(world, tmp_path):
     assert_loads_and_generates(out)
 
 
+def run_cli_in_process(args, capsys):
+    """``python -m sftlib.train ARGS`` without a new interpreter: (exit code, stderr)."""
+    from sftlib.train import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli(args)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_bad_input_from_the_real_command_line(world, tmp_path):
+    proc = run_cli(TRAIN + small_args(world, tmp_path / "out", "--dtype", "fp16"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --dtype fp16 does not exist on a CPU")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("change, message", [
     (("--dtype", "fp16"), "--dtype fp16 does not exist on a CPU"),
     (("--model_name_or_path", "./no/such/model"), "no such model folder"),
     (("--data_path", "./no/such/data"), "no such file or folder"),
     (("--num_train_epochs", "0"), "--num_train_epochs must be at least 1"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, change, message):
+def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, capsys, change, message):
     args = small_args(world, tmp_path / "out")
     i = args.index(change[0])
     args[i + 1] = change[1]
-    proc = run_cli(TRAIN + args)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and message in proc.stderr
+    code, err = run_cli_in_process(args, capsys)
+    assert code == 2
+    assert err.strip().startswith("error: ") and len(err.strip().splitlines()) == 1 and message in err
     assert not (tmp_path / "out").exists()
 
 
-def test_unwritable_output_dir(world, tmp_path):
+def test_unwritable_output_dir(world, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    proc = run_cli(TRAIN + small_args(world, blocker / "out"))
-    assert proc.returncode == 2 and "cannot be written" in proc.stderr
+    code, err = run_cli_in_process(small_args(world, blocker / "out"), capsys)
+    assert code == 2 and "cannot be written" in err
 
 
-def test_missing_data_file_names_the_file(world, tmp_path):
+def test_missing_data_file_names_the_file(world, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     (data / "train.json").write_text((world["data"] / "train.json").read_text())
-    proc = run_cli(TRAIN + small_args(world, tmp_path / "out", "--data_path", str(data)))
-    assert proc.returncode == 2 and "no eval.json" in proc.stderr and str(data) in proc.stderr
+    code, err = run_cli_in_process(small_args(world, tmp_path / "out", "--data_path", str(data)), capsys)
+    assert code == 2 and "no eval.json" in err and str(data) in err
     assert not (tmp_path / "out").exists()
 
 
-def test_hub_id_offline_is_a_clear_error(world, tmp_path):
-    proc = run_cli(TRAIN + small_args(world, tmp_path / "out", "--model_name_or_path", "facebook/opt-1.3b"),
-                   env_extra={"HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 2 and "'facebook/opt-1.3b'" in proc.stderr and "offline" in proc.stderr
+def test_hub_id_offline_is_a_clear_error(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, err = run_cli_in_process(small_args(world, tmp_path / "out", "--model_name_or_path", "facebook/opt-1.3b"),
+                                   capsys)
+    assert code == 2 and "'facebook/opt-1.3b'" in err and "offline" in err
