@@ -344,9 +344,10 @@ def ensure_toy_world(models: tuple[str, ...] = ("opt",), root: Path | None = Non
 
 
 def load_rows(path: str | os.PathLike) -> list[dict]:
-    """Read a json-lines file of rows."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Read a json-lines file of rows (sftlib.data's reader: errors name the file and line)."""
+    from sftlib.data import read_json_rows
+
+    return read_json_rows(path)
 
 
 def _cli(argv=None) -> None:
