@@ -25,21 +25,21 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sftlib.demo
+	$(PY) -m sftlib.lessons.demo
 
 toy: $(STAMP)
-	$(PY) -m sftlib.toy
+	$(PY) -m sftlib.lessons.toy
 
 lint: $(STAMP)
 	$(PY) -m ruff check sftlib tests notebooks bench
 	$(PY) tests/check_notebooks.py notebooks
 
 unit: $(STAMP)
-	$(PY) -m sftlib.toy --models opt llama
+	$(PY) -m sftlib.lessons.toy --models opt llama
 	$(PY) -m pytest -q tests
 
 notebooks: $(STAMP)
-	$(PY) -m sftlib.toy --models opt llama
+	$(PY) -m sftlib.lessons.toy --models opt llama
 	$(PY) -m pytest -q --nbmake --nbmake-timeout=600 notebooks
 
 test: lint unit notebooks

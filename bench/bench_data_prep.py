@@ -65,7 +65,7 @@ def batched(data_dir, out_dir, tokenizer, max_seq_len, seed=1234):
 
 def write_rows(folder: Path, n: int) -> None:
     from sftlib import data
-    from sftlib.toy import ensure_toy_world
+    from sftlib.lessons.toy import ensure_toy_world
 
     base = data.read_json_rows(ensure_toy_world(("opt",))["data"] / "train.json")
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
 
     from sftlib import data
     from sftlib.model import load_hf_tokenizer
-    from sftlib.toy import ensure_toy_world
+    from sftlib.lessons.toy import ensure_toy_world
 
     datasets.disable_progress_bars()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_data_"))

@@ -62,7 +62,7 @@ def bench_data_prep(world: dict, repeat: int = 10) -> list[dict]:
     from transformers import AutoTokenizer
 
     from sftlib.data import tokenize_one_at_a_time
-    from sftlib.toy import load_rows
+    from sftlib.lessons.toy import load_rows
 
     tok = AutoTokenizer.from_pretrained(world["opt"])
     texts = [r["prompt"] + r["chosen"] for r in load_rows(world["train"])] * repeat
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
                    help="packed rows per micro batch (a row holds ~25 toy samples at 512, so 8 rows = 2 steps)")
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "train_throughput.md"))
     args = p.parse_args(argv)
-    from sftlib.toy import ensure_toy_world
+    from sftlib.lessons.toy import ensure_toy_world
 
     world = ensure_toy_world(("opt",))
     lines = ["## Machine", "", machine(), ""]

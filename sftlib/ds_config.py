@@ -176,7 +176,7 @@ def main(argv=None) -> int:
         return 2
     print(json.dumps(config, indent=2))
     if args.enable_hybrid_engine:
-        from sftlib.toy import ensure_toy_world
+        from sftlib.lessons.toy import ensure_toy_world
 
         path = args.model_name_or_path or str(ensure_toy_world(("opt",))["opt"])
         engine, text = run_hybrid_engine(config, path)

@@ -23,6 +23,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from sftlib.constants import LORA_PARAM_NAMES, is_lora_name
+from sftlib.dist import is_rank_0, unwrap
+
 
 class SFTError(Exception):
     """A problem with the user's input; command lines print it as one line and exit 2."""
@@ -31,11 +34,6 @@ class SFTError(Exception):
 # --------------------------------------------------------------------------------------------
 # Ranks, devices, seeds
 # --------------------------------------------------------------------------------------------
-
-def is_rank_0() -> bool:
-    """True on global rank 0, or when no process group is running."""
-    return not dist.is_initialized() or dist.get_rank() == 0
-
 
 def print_rank_0(msg, rank=None) -> None:
     """Print once per job: on global rank 0, or when not distributed.
@@ -90,17 +88,12 @@ def get_all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return total / dist.get_world_size()
 
 
-def local_rank() -> int:
-    """The launcher's LOCAL_RANK (0 when launched as a single process)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
 # --------------------------------------------------------------------------------------------
 # Optimizer groups
 # --------------------------------------------------------------------------------------------
 
 NO_DECAY = ["bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight"]
-LORA_NAMES = ["lora_right_weight", "lora_left_weight"]
+LORA_NAMES = list(LORA_PARAM_NAMES)
 
 
 def _has(name: str, substrings) -> bool:
@@ -270,10 +263,10 @@ def save_hf_format(model, tokenizer, args, sub_folder: str = "") -> None:
     """
     if getattr(args, "output_dir", None) is None:
         raise SFTError("save_hf_format needs args.output_dir (pass --output_dir)")
-    model_to_save = model.module if hasattr(model, "module") else model
+    model_to_save = unwrap(model)
     unfused = [n for n, m in model_to_save.named_modules() if getattr(m, "fuse_lora", True) is False]
     if unfused:
         raise SFTError(f"LoRA layers are not fused (e.g. {unfused[0]}); call "
                        "sftlib.lora.convert_lora_to_linear_layer(model) before saving")
-    state_dict = {k: v for k, v in model_to_save.state_dict().items() if "lora" not in k}
+    state_dict = {k: v for k, v in model_to_save.state_dict().items() if not is_lora_name(k)}
     write_hf_folder(model_to_save, state_dict, tokenizer, os.path.join(args.output_dir, sub_folder))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from tests.helpers import ROOT
 
 from sftlib import collate, data
 from sftlib.utils import SFTError

@@ -3,7 +3,7 @@
 import sys
 
 import pytest
-from conftest import run_cli
+from tests.helpers import run_cli
 
 from sftlib.ds_config import check_hybrid_engine, get_eval_ds_config, get_train_ds_config
 from sftlib.utils import SFTError

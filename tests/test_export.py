@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DEEPSPEED, ROOT
+from tests.helpers import DEEPSPEED, ROOT
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from tests.helpers import run_cli
 
 from sftlib.logs import main as logs_cli
 from sftlib.logs import parse_log, parse_segment

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import run_cli
+from tests.helpers import run_cli
 from torch import nn
 
 from sftlib import lora

@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from conftest import DEEPSPEED, ROOT
+from tests.helpers import DEEPSPEED, ROOT
 
 from sftlib.utils import SFTError
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from tests.helpers import ROOT
 
 SCRIPTS = sorted(Path(ROOT).glob("training_scripts/**/*.sh")) + sorted(Path(ROOT).glob("evaluation_scripts/*.sh"))
 STUB = """#!{python}

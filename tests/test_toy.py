@@ -1,6 +1,6 @@
 """The toy world: deterministic data in DeepSpeed-Chat's schema, a tokenizer, loadable models."""
 
-from sftlib import toy
+from sftlib.lessons import toy
 
 
 def test_dataset_is_deterministic_and_in_schema():

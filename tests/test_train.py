@@ -5,7 +5,7 @@ import os
 import sys
 
 import pytest
-from conftest import DEEPSPEED, run_cli
+from tests.helpers import DEEPSPEED, run_cli
 
 TRAIN = [sys.executable, "-m", "sftlib.train"]
 

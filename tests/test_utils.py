@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import run_cli
+from tests.helpers import run_cli
 from torch import nn
 
 from sftlib import utils
@@ -90,7 +90,7 @@ def free_port() -> int:
 def test_all_reduce_mean_over_two_gloo_ranks_is_the_true_mean(tmp_path):
     out = tmp_path / "ranks"
     proc = run_cli([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                    "--master-port", str(free_port()), "-m", "sftlib._two_rank_demo", "--out", str(out)],
+                    "--master-port", str(free_port()), "-m", "sftlib.lessons.two_ranks", "--out", str(out)],
                    timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 import torch
-from conftest import DEEPSPEED, run_cli
+from tests.helpers import DEEPSPEED, run_cli
 
 from sftlib import zero
 

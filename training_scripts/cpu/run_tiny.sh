@@ -5,7 +5,7 @@ OUTPUT=${1:-./outputs/cpu-tiny}
 ZERO_STAGE=${2:-0}
 PYTHON=${PYTHON:-python}
 mkdir -p "$(dirname "$OUTPUT")"
-"$PYTHON" -m sftlib.toy --models opt
+"$PYTHON" -m sftlib.lessons.toy --models opt
 OMP_NUM_THREADS=1 ${SFTLIB_LAUNCHER:-deepspeed} --num_gpus 2 --master_port "${MASTER_PORT:-29500}" --module sftlib.train \
    --model_name_or_path toy_world/opt-tiny \
    --data_path toy_world/data \

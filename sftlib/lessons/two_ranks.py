@@ -2,8 +2,8 @@
 
 Run it with any launcher that sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT::
 
-    OMP_NUM_THREADS=1 deepspeed --num_gpus 2 --master_port 29611 --module sftlib._two_rank_demo --out DIR
-    OMP_NUM_THREADS=1 torchrun --nproc-per-node 2 --master-port 29611 -m sftlib._two_rank_demo --out DIR
+    OMP_NUM_THREADS=1 deepspeed --num_gpus 2 --master_port 29611 --module sftlib.lessons.two_ranks --out DIR
+    OMP_NUM_THREADS=1 torchrun --nproc-per-node 2 --master-port 29611 -m sftlib.lessons.two_ranks --out DIR
 
 Every rank writes ``DIR/rank{r}.json``. Explained in notebooks/02_utility_functions.ipynb.
 """

@@ -18,8 +18,8 @@ The world is built once and cached under ``toy_world/`` at the repository root (
 
 Command line::
 
-    python -m sftlib.toy                 # data, tokenizer and both models
-    python -m sftlib.toy --models opt    # just what `make demo` needs
+    python -m sftlib.lessons.toy                 # data, tokenizer and both models
+    python -m sftlib.lessons.toy --models opt    # just what `make demo` needs
 
 Explained in notebooks/00_quickstart.ipynb.
 """
@@ -56,7 +56,7 @@ MODEL_CONFIGS = {
 def home() -> Path:
     """Folder that holds the toy world: ``$SFTLIB_HOME`` or ``<repo>/toy_world``."""
     env = os.environ.get("SFTLIB_HOME")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "toy_world"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "toy_world"
 
 
 # --------------------------------------------------------------------------------------------

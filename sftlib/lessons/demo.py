@@ -4,7 +4,7 @@ Builds the toy world (first run only), runs ``sftlib.train`` on one CPU rank, co
 fine-tuned answers on held-out prompts, and writes ``outputs/demo/``: the saved model, a loss
 curve and a markdown report.
 
-    python -m sftlib.demo [--out outputs/demo]
+    python -m sftlib.lessons.demo [--out outputs/demo]
 
 Explained in notebooks/00_quickstart.ipynb.
 """
@@ -78,7 +78,8 @@ def _md_table(rows: list[dict], base: list[dict], tuned: list[dict]) -> list[str
 
 def run(out: str | Path = "outputs/demo") -> dict:
     """The whole demo; returns the scores and timings it reports."""
-    from sftlib import prompt_eval, toy, train
+    from sftlib import prompt_eval, train
+    from sftlib.lessons import toy
 
     out = Path(out)
     t0 = time.time()
