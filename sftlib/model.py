@@ -16,6 +16,7 @@ Explained in notebooks/02_utility_functions.ipynb.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from sftlib.constants import IGNORE_INDEX
 from sftlib.utils import SFTError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
@@ -195,12 +197,31 @@ def padded_vocab_size(tokenizer_length: int, current: int) -> int:
     return max(current, int(8 * math.ceil(tokenizer_length / 8.0)))
 
 
+@contextlib.contextmanager
+def zero3_loading(ds_config: dict | None):
+    """While inside, transformers builds and loads models partitioned over the ranks (ZeRO-3).
+
+    Entered only when ``ds_config`` is a ZeRO-3 config; otherwise it does nothing. It is a scope,
+    not a global: a model created after it (a baseline for evaluation, say) loads whole.
+    """
+    if not ds_config or ds_config.get("zero_optimization", {}).get("stage") != 3:
+        yield None
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    dschf = HfDeepSpeedConfig(ds_config)  # transformers holds it by a weak reference: alive while we hold it
+    try:
+        yield dschf
+    finally:
+        del dschf
+
+
 def create_hf_model(model_class, model_name_or_path: str, tokenizer, ds_config: dict | None = None,
                     rlhf_training: bool = False, dropout: float | None = None, trust_remote_code: bool = False):
     """Build the model: config, dropout override, ZeRO-3-aware loading, token ids, vocab rounding.
 
-    Under ZeRO-3 an ``HfDeepSpeedConfig`` is created first and kept alive, so ``from_pretrained``
-    loads the weights already partitioned across ranks. ``rlhf_training`` builds the architecture
+    Under ZeRO-3 the loading runs inside ``zero3_loading``, so ``from_pretrained`` loads the weights
+    already partitioned across ranks. ``rlhf_training`` builds the architecture
     with fresh weights (steps 2/3 load their own). Weights load in fp32 (DeepSpeed casts later).
     The config's ``end_token_id`` is the tokenizer's EOS, and ``pad_token_id`` the model's EOS.
     The embedding matrix grows to ``padded_vocab_size`` and never shrinks.
@@ -209,32 +230,26 @@ def create_hf_model(model_class, model_name_or_path: str, tokenizer, ds_config: 
     model_config = load_config(model_name_or_path, trust_remote_code)
     configure_dropout(model_config, dropout)
 
-    dschf = None  # while alive, transformers loads weights partitioned (ZeRO-3); it lives as long as the model
-    if ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3:
-        from transformers.integrations import HfDeepSpeedConfig
-
-        dschf = HfDeepSpeedConfig(ds_config)
     remote = {"trust_remote_code": True} if trust_remote_code else {}
-    try:
-        if rlhf_training:
-            model = model_class.from_config(model_config, **remote)
-        else:
-            model = model_class.from_pretrained(str(model_name_or_path), config=model_config, dtype=torch.float32,
-                                                **remote)
-    except ValueError as err:
-        if "Unrecognized configuration class" in str(err):
-            raise SFTError(f"{model_name_or_path}: model_type {model_config.model_type!r} has no "
-                           f"{model_class.__name__} class (not a decoder-only language model?)") from None
-        raise
-
-    model.config.end_token_id = tokenizer.eos_token_id
-    model.config.pad_token_id = model.config.eos_token_id
-    weight = model.get_input_embeddings().weight
-    current = weight.ds_shape[0] if hasattr(weight, "ds_shape") else weight.shape[0]
-    wanted = padded_vocab_size(len(tokenizer), current)
-    if wanted > current:
-        model.resize_token_embeddings(wanted)
-    model.sftlib_hf_ds_config = dschf  # not a global: a later plain from_pretrained must not load partitioned
+    with zero3_loading(ds_config):  # under ZeRO-3, each rank loads only its partition of every weight
+        try:
+            if rlhf_training:
+                model = model_class.from_config(model_config, **remote)
+            else:
+                model = model_class.from_pretrained(str(model_name_or_path), config=model_config,
+                                                    dtype=torch.float32, **remote)
+        except ValueError as err:
+            if "Unrecognized configuration class" in str(err):
+                raise SFTError(f"{model_name_or_path}: model_type {model_config.model_type!r} has no "
+                               f"{model_class.__name__} class (not a decoder-only language model?)") from None
+            raise
+        model.config.end_token_id = tokenizer.eos_token_id
+        model.config.pad_token_id = model.config.eos_token_id
+        weight = model.get_input_embeddings().weight
+        current = weight.ds_shape[0] if hasattr(weight, "ds_shape") else weight.shape[0]
+        wanted = padded_vocab_size(len(tokenizer), current)
+        if wanted > current:
+            model.resize_token_embeddings(wanted)
     return model
 
 
@@ -248,7 +263,7 @@ def causal_lm_model_to_fp32_loss(model) -> None:
             logits = out.logits[..., :-1, :].float().contiguous()
             target = labels[..., 1:].contiguous().to(logits.device)
             out.loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), target.view(-1),
-                                                         ignore_index=-100)
+                                                         ignore_index=IGNORE_INDEX)
         return out
 
     model.forward = forward

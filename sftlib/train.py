@@ -7,7 +7,11 @@ The flow and argument names of ``training/step1_supervised_finetuning/main.py``;
         --dtype fp32 --output_dir outputs/sft                     # one process, one rank
     deepspeed --num_gpus 2 --module sftlib.train ... --zero_stage 3   # N ranks (CPU or GPU)
 
-or from Python: ``sftlib.train.main(["--model_name_or_path", ...])`` returns the run's history.
+or from Python: ``sftlib.train.main(["--model_name_or_path", ...])`` returns the run's ``History``.
+
+``main()`` reads top to bottom as the original's: set up the ranks and the DeepSpeed config, build
+the model, the dataloaders and the engine, then evaluate, train one epoch and evaluate again, per
+epoch, and save. Each step is a function here, so notebook 05 calls the very same steps.
 
 Explained in notebooks/05_main_training_loop.ipynb.
 """
@@ -19,14 +23,18 @@ import json
 import math
 import os
 import re
-import socket
 import sys
-import tempfile
 import time
 
 import torch
+import torch.distributed as dist
 
-from sftlib.utils import SFTError
+from sftlib import checkpoint, collate, lora, utils
+from sftlib import model as model_utils
+from sftlib.constants import IGNORE_INDEX
+from sftlib.dist import accelerator_name, device_for_rank, init_distributed, local_rank
+from sftlib.history import History, Reporter
+from sftlib.utils import SFTError, check_writable, print_rank_0
 
 DTYPES = ("fp16", "bf16", "fp32")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -97,20 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# --------------------------------------------------------------------------------------------
-# Checks and set-up
-# --------------------------------------------------------------------------------------------
-
-def accelerator_name() -> str:
-    from deepspeed.accelerator import get_accelerator
-
-    return get_accelerator().device_name()
-
-
 def validate_args(args) -> None:
     """Everything that can be checked before any work; each failure is one line naming the fix."""
-    from sftlib.utils import check_writable
-
     if args.dtype == "fp16" and accelerator_name() == "cpu":
         raise SFTError("--dtype fp16 does not exist on a CPU (DeepSpeed refuses it); "
                        "use --dtype fp32 (bf16 works but is ~13x slower on AVX2 CPUs)")
@@ -139,29 +135,75 @@ def validate_args(args) -> None:
         check_writable(args.output_dir)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# --------------------------------------------------------------------------------------------
+# The steps of main(), in the order it runs them
+# --------------------------------------------------------------------------------------------
+
+def setup_distributed(args) -> torch.device:
+    """Join the process group (or make a one-rank one) and return this rank's device."""
+    init_distributed()
+    args.local_rank = local_rank()
+    return device_for_rank(args.local_rank)
 
 
-def init_distributed() -> None:
-    """Join the launcher's process group, or make a one-rank group for ``python -m``/notebooks."""
-    import deepspeed
-    import torch.distributed as dist
+def build_ds_config(args) -> dict:
+    """DeepSpeed-Chat's training config, with the batch sizes this run's flags and world size give."""
+    from sftlib.ds_config import get_train_ds_config
 
-    if dist.is_initialized():
-        return
-    if "RANK" not in os.environ:
-        # One rank: a file rendezvous cannot collide with another process's port, as TCP can.
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
-        store = os.path.join(tempfile.gettempdir(), f"sftlib-rendezvous-{os.getpid()}-{time.time_ns()}")
-        from deepspeed.accelerator import get_accelerator
+    ds_config = get_train_ds_config(offload=args.offload, dtype=args.dtype, stage=args.zero_stage,
+                                    enable_tensorboard=args.enable_tensorboard,
+                                    tb_path=args.tensorboard_path, tb_name="step1_model",
+                                    log_level=getattr(args, "deepspeed_log_level", None))
+    ds_config["train_micro_batch_size_per_gpu"] = args.per_device_train_batch_size
+    ds_config["train_batch_size"] = (args.per_device_train_batch_size * dist.get_world_size()
+                                     * args.gradient_accumulation_steps)
+    return ds_config
 
-        backend = get_accelerator().communication_backend_name()
-        dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
-    deepspeed.init_distributed()
+
+def build_model(args, ds_config: dict):
+    """The tokenizer and the model (ZeRO-3-partitioned while loading when the config says so), LoRA applied."""
+    from transformers import AutoModelForCausalLM
+
+    extra_tokens = args.eot_token if args.add_eot_token else None
+    tokenizer = model_utils.load_hf_tokenizer(args.model_name_or_path, fast_tokenizer=True,
+                                              add_special_tokens=extra_tokens)
+    model = model_utils.create_hf_model(AutoModelForCausalLM, args.model_name_or_path, tokenizer,
+                                        ds_config, dropout=args.dropout)
+    if args.compute_fp32_loss:
+        model_utils.causal_lm_model_to_fp32_loss(model)
+    if args.lora_dim > 0:
+        model = lora.convert_linear_layer_to_lora(model, args.lora_module_name, args.lora_dim)
+        if args.only_optimize_lora:
+            model = lora.only_optimize_lora_parameters(model)
+            model = lora.make_model_gradient_checkpointing_compatible(model)
+    return tokenizer, model
+
+
+def build_dataloaders(args, tokenizer):
+    """Phase-1 train and eval dataloaders: each rank reads its share through a ``DistributedSampler``."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from sftlib.data import create_prompt_dataset
+
+    train_dataset, eval_dataset = create_prompt_dataset(
+        args.local_rank, args.data_path, args.data_split, args.data_output_path, 1, args.seed, tokenizer,
+        args.max_seq_len, end_of_conversation_token=tokenizer.eos_token,
+        sft_only_data_path=args.sft_only_data_path, blend_weights=args.data_weights or None,
+        mask_prompt=args.mask_prompt, pad_to_max_len=not (args.dynamic_padding or args.packing))
+    if len(train_dataset) == 0:
+        raise SFTError(f"the training set is empty after --data_split {args.data_split}; give phase 1 a share")
+    batching = "packing" if args.packing else "dynamic" if args.dynamic_padding else "compat"
+    if args.packing:  # several samples per row; eval stays unpacked (dynamic padding)
+        train_dataset = collate.PackedDataset(train_dataset, args.max_seq_len)
+    mask_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype, torch.float32)  # packing's mask
+    train_dataloader = DataLoader(train_dataset, batch_size=args.per_device_train_batch_size,
+                                  collate_fn=collate.make_collator(batching, tokenizer.pad_token_id, dtype=mask_dtype),
+                                  sampler=DistributedSampler(train_dataset, seed=args.seed))
+    eval_collate = collate.make_collator("dynamic" if batching != "compat" else "compat", tokenizer.pad_token_id)
+    eval_dataloader = DataLoader(eval_dataset, batch_size=args.per_device_eval_batch_size, collate_fn=eval_collate,
+                                 sampler=DistributedSampler(eval_dataset, shuffle=False))
+    return train_dataloader, eval_dataloader
 
 
 def build_optimizer(args, groups):
@@ -177,6 +219,24 @@ def build_optimizer(args, groups):
     return FusedAdam(groups, lr=args.learning_rate, betas=(0.9, 0.95))
 
 
+def build_engine(args, model, ds_config: dict, train_dataloader):
+    """Optimizer groups, optimizer and scheduler, wrapped by ``deepspeed.initialize``; returns (engine, scheduler)."""
+    import deepspeed
+    from transformers import get_scheduler
+
+    groups = utils.get_optimizer_grouped_parameters(model, args.weight_decay, args.lora_learning_rate)
+    optimizer = build_optimizer(args, groups)
+    updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    lr_scheduler = get_scheduler(name=args.lr_scheduler_type, optimizer=optimizer,
+                                 num_warmup_steps=args.num_warmup_steps,
+                                 num_training_steps=args.num_train_epochs * updates_per_epoch)
+    engine, _, _, lr_scheduler = deepspeed.initialize(model=model, optimizer=optimizer, args=args, config=ds_config,
+                                                      lr_scheduler=lr_scheduler, dist_init_required=True)
+    if args.gradient_checkpointing:
+        engine.gradient_checkpointing_enable()
+    return engine, lr_scheduler
+
+
 def evaluation(model, eval_dataloader, device) -> tuple[float, float, float]:
     """Perplexity two ways: DeepSpeed-Chat's and weighted by tokens.
 
@@ -185,22 +245,18 @@ def evaluation(model, eval_dataloader, device) -> tuple[float, float, float]:
     over all predicted tokens divided by their count, over all ranks. Returns
     ``(ppl, loss, ppl_token_weighted)``.
     """
-    import torch.distributed as dist
-
-    from sftlib.utils import get_all_reduce_mean, to_device
-
     model.eval()
     losses = torch.zeros((), device=device)
     token_sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed token loss, token count
     step = 0
     for step, batch in enumerate(eval_dataloader):
-        batch = to_device(batch, device)
+        batch = utils.to_device(batch, device)
         with torch.no_grad():
             loss = model(**batch).loss.float()
         losses += loss
-        tokens = (batch["labels"][:, 1:] != -100).sum()
+        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
         token_sums += torch.stack([loss.double() * tokens, tokens.double()])
-    losses = get_all_reduce_mean(losses / (step + 1))
+    losses = utils.get_all_reduce_mean(losses / (step + 1))
     if dist.is_initialized():
         dist.all_reduce(token_sums)
     perplexity = math.exp(min(losses.item(), 700.0))
@@ -209,211 +265,135 @@ def evaluation(model, eval_dataloader, device) -> tuple[float, float, float]:
     return perplexity, losses.item(), ppl_tokens
 
 
-def _tensorboard_writer(args):
-    """A SummaryWriter under ``--tensorboard_path`` (rank 0 only), or None when disabled."""
-    if not args.enable_tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(os.path.join(args.tensorboard_path, "sftlib"))
+def evaluate(args, engine, eval_dataloader, device, reporter: Reporter, epoch: int) -> None:
+    """Evaluate and record, with DeepSpeed-Chat's log line."""
+    print_rank_0(f"***** Evaluating perplexity, Epoch {epoch}/{args.num_train_epochs} *****")
+    ppl, loss, ppl_tokens = evaluation(engine, eval_dataloader, device)
+    reporter.evaluation(epoch, engine.global_steps, ppl, loss, ppl_tokens)
 
 
-def _fmt_rate(x: float) -> str:
-    return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
+def resume(args, engine) -> tuple[History, int, int, dict]:
+    """Load ``--resume_from_checkpoint``; returns (history so far, epoch, micro batch, this rank's RNG states)."""
+    meta = checkpoint.meta_of(args, dist.get_world_size())
+    resume_dir, tag, saved = checkpoint.resolve(args.resume_from_checkpoint, meta)
+    rng_state = checkpoint.load(engine, resume_dir, tag)
+    print_rank_0(f"resumed from {resume_dir / tag}: epoch {saved['epoch'] + 1}, "
+                 f"micro batch {saved['step_in_epoch']}, global step {engine.global_steps}")
+    return History.from_dict(saved["history"]), saved["epoch"], saved["step_in_epoch"], rng_state
 
 
-# --------------------------------------------------------------------------------------------
-# main()
-# --------------------------------------------------------------------------------------------
-
-def main(args=None) -> dict:
-    """Run step 1 and return its history (losses, learning rates, perplexities, output folder)."""
-    import deepspeed
-    import torch.distributed as dist
-    from deepspeed.accelerator import get_accelerator
-    from torch.utils.data import DataLoader
-    from torch.utils.data.distributed import DistributedSampler
+def train_one_epoch(args, engine, lr_scheduler, train_dataloader, device, reporter: Reporter, epoch: int,
+                    first: int = 0, rng_state: dict | None = None) -> None:
+    """Forward, ``engine.backward``, ``engine.step`` per micro batch; a log line (and maybe a checkpoint)
+    per optimizer step. ``first`` micro batches are skipped and ``rng_state`` restored when resuming."""
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, get_scheduler
 
-    from sftlib import checkpoint, collate, data, lora, utils, zero
-    from sftlib import model as model_utils
-    from sftlib.ds_config import get_train_ds_config
     from sftlib.perf import StepMeter
 
+    world, rank = dist.get_world_size(), dist.get_rank()
+    print_rank_0(f"Beginning of Epoch {epoch + 1}/{args.num_train_epochs}, Total Micro Batches {len(train_dataloader)}")
+    if args.reshuffle_each_epoch:
+        train_dataloader.sampler.set_epoch(epoch)
+    engine.train()
+    batches = iter(train_dataloader)
+    for _ in range(first):  # resume: the micro batches this epoch already trained on
+        next(batches)
+    if rng_state is not None:
+        checkpoint.restore_rng(rng_state)
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.num_train_epochs}", initial=first, total=len(train_dataloader),
+               disable=rank != 0, leave=False, file=sys.stdout)
+    acc_loss, acc_tokens, t0 = 0.0, 0, time.time()
+    meter = StepMeter(engine, args.gradient_checkpointing, world)  # samples/s and TFLOPs per device
+    for step, batch in enumerate(bar, start=first):
+        batch = utils.to_device(batch, device)
+        n_tokens = collate.pop_token_count(batch)  # the packing collator's count leaves the batch here
+        loss = engine(**batch, use_cache=False).loss
+        if args.print_loss:
+            print(f"Epoch: {epoch}, Step: {step}, Rank: {rank}, loss = {loss}", flush=True)
+        engine.backward(loss)
+        engine.step()
+        acc_loss += loss.item() / args.gradient_accumulation_steps
+        acc_tokens += n_tokens
+        meter.add(batch)  # StepMeter counts packed rows' samples from their position_ids
+        if (step + 1) % args.gradient_accumulation_steps:
+            continue
+        # the collective's tensor lives on the engine's device: NCCL refuses CPU tensors
+        stats = utils.get_all_reduce_mean(torch.tensor([acc_loss, acc_tokens], dtype=torch.float64, device=device))
+        tok_s = float(stats[1]) * world / max(time.time() - t0, 1e-9)
+        reporter.step(engine.global_steps, float(stats[0]), lr_scheduler.get_last_lr()[0], tok_s, meter.line(),
+                      write=bar.write)
+        if args.save_steps > 0 and engine.global_steps % args.save_steps == 0:
+            save_checkpoint(args, engine, epoch, step + 1, reporter.history)
+        acc_loss, acc_tokens, t0 = 0.0, 0, time.time()
+
+
+def save_checkpoint(args, engine, epoch: int, step_in_epoch: int, history: History) -> None:
+    """A resumable checkpoint (DeepSpeed's, plus position, RNG states and history) in the checkpoint folder."""
+    ckpt_dir, meta = checkpoint.default_dir(args), checkpoint.meta_of(args, dist.get_world_size())
+    tag = checkpoint.save(engine, ckpt_dir, {"epoch": epoch, "step_in_epoch": step_in_epoch}, history.to_dict(), meta,
+                          args.save_total_limit)
+    print_rank_0(f"checkpoint {tag} saved to {ckpt_dir}")
+
+
+def save_model(args, engine, tokenizer, history: History) -> None:
+    """LoRA fused into the weights, then one Hugging Face folder (gathered from every rank under ZeRO-3)."""
+    from sftlib.zero import save_zero_three_model
+
+    print_rank_0("saving the final model ...")
+    rank = dist.get_rank()
+    engine = lora.convert_lora_to_linear_layer(engine)
+    if args.zero_stage == 3:
+        save_zero_three_model(engine, rank, args.output_dir, zero_stage=3, tokenizer=tokenizer)
+    elif rank == 0:
+        utils.save_hf_format(engine, tokenizer, args)
+    history.output_dir = args.output_dir
+    if rank == 0:
+        with open(os.path.join(args.output_dir, "training_history.json"), "w") as f:
+            json.dump(history.to_dict(), f, indent=1)
+    dist.barrier()  # every rank returns only once the saved folder is complete
+    print_rank_0(f"saved to {args.output_dir}")
+
+
+def main(args=None) -> History:
+    """Run step 1 and return its history (losses, learning rates, perplexities, output folder)."""
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
     validate_args(args)
-    init_distributed()
-    world, rank = dist.get_world_size(), dist.get_rank()
-    args.local_rank = utils.local_rank()
-    if accelerator_name() == "cpu":
-        device = torch.device("cpu")
-    else:
-        get_accelerator().set_device(args.local_rank)
-        device = torch.device(get_accelerator().device_name(), args.local_rank)
+    device = setup_distributed(args)
     t_start = time.time()
-
-    ds_config = get_train_ds_config(offload=args.offload, dtype=args.dtype, stage=args.zero_stage,
-                                    enable_tensorboard=args.enable_tensorboard,
-                                    tb_path=args.tensorboard_path, tb_name="step1_model",
-                                    log_level=getattr(args, "deepspeed_log_level", None))
-    ds_config["train_micro_batch_size_per_gpu"] = args.per_device_train_batch_size
-    ds_config["train_batch_size"] = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
-
+    ds_config = build_ds_config(args)
     utils.set_random_seed(args.seed)
     dist.barrier()
 
-    extra_tokens = args.eot_token if args.add_eot_token else None
-    tokenizer = model_utils.load_hf_tokenizer(args.model_name_or_path, fast_tokenizer=True,
-                                              add_special_tokens=extra_tokens)
-    model = model_utils.create_hf_model(AutoModelForCausalLM, args.model_name_or_path, tokenizer,
-                                        ds_config, dropout=args.dropout)
-    if args.compute_fp32_loss:
-        model_utils.causal_lm_model_to_fp32_loss(model)
-    if args.lora_dim > 0:
-        model = lora.convert_linear_layer_to_lora(model, args.lora_module_name, args.lora_dim)
-        if args.only_optimize_lora:
-            model = lora.only_optimize_lora_parameters(model)
-            model = lora.make_model_gradient_checkpointing_compatible(model)
+    tokenizer, model = build_model(args, ds_config)
+    train_dataloader, eval_dataloader = build_dataloaders(args, tokenizer)
+    engine, lr_scheduler = build_engine(args, model, ds_config, train_dataloader)
 
-    train_dataset, eval_dataset = data.create_prompt_dataset(
-        args.local_rank, args.data_path, args.data_split, args.data_output_path, 1, args.seed, tokenizer,
-        args.max_seq_len, end_of_conversation_token=tokenizer.eos_token,
-        sft_only_data_path=args.sft_only_data_path, blend_weights=args.data_weights or None,
-        mask_prompt=args.mask_prompt, pad_to_max_len=not (args.dynamic_padding or args.packing))
-    if len(train_dataset) == 0:
-        raise SFTError(f"the training set is empty after --data_split {args.data_split}; give phase 1 a share")
-    batching = "packing" if args.packing else "dynamic" if args.dynamic_padding else "compat"
-    if args.packing:  # several samples per row; eval stays unpacked (dynamic padding)
-        train_dataset = collate.PackedDataset(train_dataset, args.max_seq_len)
-    eval_collate = collate.make_collator("dynamic" if batching != "compat" else "compat", tokenizer.pad_token_id)
-    mask_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype, torch.float32)  # packing's 4-D mask
-    train_dataloader = DataLoader(train_dataset, collate_fn=collate.make_collator(batching, tokenizer.pad_token_id,
-                                                                                  dtype=mask_dtype),
-                                  sampler=DistributedSampler(train_dataset, seed=args.seed),
-                                  batch_size=args.per_device_train_batch_size)
-    eval_dataloader = DataLoader(eval_dataset, collate_fn=eval_collate,
-                                 sampler=DistributedSampler(eval_dataset, shuffle=False),
-                                 batch_size=args.per_device_eval_batch_size)
-
-    groups = utils.get_optimizer_grouped_parameters(model, args.weight_decay, args.lora_learning_rate)
-    optimizer = build_optimizer(args, groups)
-    updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    lr_scheduler = get_scheduler(name=args.lr_scheduler_type, optimizer=optimizer,
-                                 num_warmup_steps=args.num_warmup_steps,
-                                 num_training_steps=args.num_train_epochs * updates_per_epoch)
-    model, optimizer, _, lr_scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, args=args, config=ds_config, lr_scheduler=lr_scheduler,
-        dist_init_required=True)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-
-    history = {"step": [], "loss": [], "lr": [], "tokens_per_s": [], "eval": [], "world_size": world,
-               "train_samples": len(train_dataset), "eval_samples": len(eval_dataset)}
-    ckpt_dir, meta = checkpoint.default_dir(args), checkpoint.meta_of(args, world)
-    start_epoch, skip_batches, rng_state = 0, 0, None
+    history = History(world_size=dist.get_world_size(), train_samples=len(train_dataloader.dataset),
+                      eval_samples=len(eval_dataloader.dataset))
+    start_epoch, first, rng_state = 0, 0, None
     if args.resume_from_checkpoint:
-        resume_dir, tag, saved = checkpoint.resolve(args.resume_from_checkpoint, meta)
-        rng_state = checkpoint.load(model, resume_dir, tag)
-        start_epoch, skip_batches, history = saved["epoch"], saved["step_in_epoch"], saved["history"]
-        utils.print_rank_0(f"resumed from {resume_dir / tag}: epoch {start_epoch + 1}, "
-                           f"micro batch {skip_batches}, global step {model.global_steps}")
-    writer = _tensorboard_writer(args) if rank == 0 else None
+        history, start_epoch, first, rng_state = resume(args, engine)
+    reporter = Reporter(history, dist.get_rank(), args.tensorboard_path if args.enable_tensorboard else None)
 
-    def evaluate(epoch):
-        utils.print_rank_0(f"***** Evaluating perplexity, Epoch {epoch}/{args.num_train_epochs} *****")
-        ppl, loss, ppl_tokens = evaluation(model, eval_dataloader, device)
-        utils.print_rank_0(f"ppl: {ppl}, loss: {loss}")
-        utils.print_rank_0(f"token-weighted ppl: {ppl_tokens}")
-        history["eval"].append({"epoch": epoch, "ppl": ppl, "loss": loss, "ppl_token_weighted": ppl_tokens})
-        if writer:
-            writer.add_scalar("eval/ppl", ppl, model.global_steps)
-            writer.add_scalar("eval/ppl_token_weighted", ppl_tokens, model.global_steps)
-
-    utils.print_rank_0("***** Running training *****")
+    print_rank_0("***** Running training *****")
     if not args.resume_from_checkpoint:
-        evaluate(0)
+        evaluate(args, engine, eval_dataloader, device, reporter, epoch=0)
     for epoch in range(start_epoch, args.num_train_epochs):
-        utils.print_rank_0(f"Beginning of Epoch {epoch + 1}/{args.num_train_epochs}, "
-                           f"Total Micro Batches {len(train_dataloader)}")
-        if args.reshuffle_each_epoch:
-            train_dataloader.sampler.set_epoch(epoch)
-        model.train()
-        batches = iter(train_dataloader)
-        first = skip_batches if epoch == start_epoch else 0
-        for _ in range(first):  # resume: the micro batches this epoch already trained on
-            next(batches)
-        if rng_state is not None and epoch == start_epoch:
-            checkpoint.restore_rng(rng_state)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.num_train_epochs}", initial=first,
-                   total=len(train_dataloader), disable=rank != 0, leave=False, file=sys.stdout)
-        acc_loss, acc_tokens, t0 = 0.0, 0, time.time()
-        meter = StepMeter(model, args.gradient_checkpointing, world)  # samples/s and TFLOPs per device
-        for step, batch in enumerate(bar, start=first):
-            batch = utils.to_device(batch, device)
-            n_tokens = collate.pop_token_count(batch)  # the packing collator's count leaves the batch here
-            loss = model(**batch, use_cache=False).loss
-            if args.print_loss:
-                print(f"Epoch: {epoch}, Step: {step}, Rank: {rank}, loss = {loss}", flush=True)
-            model.backward(loss)
-            model.step()
-            acc_loss += loss.item() / args.gradient_accumulation_steps
-            acc_tokens += n_tokens
-            meter.add(batch)  # StepMeter counts packed rows' samples from their position_ids
-            if (step + 1) % args.gradient_accumulation_steps:
-                continue
-            stats = utils.get_all_reduce_mean(torch.tensor([acc_loss, acc_tokens], dtype=torch.float64))
-            tok_s = float(stats[1]) * world / max(time.time() - t0, 1e-9)
-            lr = lr_scheduler.get_last_lr()[0]
-            history["step"].append(model.global_steps)
-            history["loss"].append(float(stats[0]))
-            history["lr"].append(lr)
-            history["tokens_per_s"].append(tok_s)
-            rates = meter.line()
-            if rank == 0:
-                bar.write(f"step {model.global_steps} | loss {float(stats[0]):.4f} | "
-                          f"{_fmt_rate(tok_s)} tok/s | {rates} | lr {lr:.1e}")
-            if writer:
-                for key, value in (("loss", float(stats[0])), ("lr", lr), ("tokens_per_s", tok_s)):
-                    writer.add_scalar(f"train/{key}", value, model.global_steps)
-            if args.save_steps > 0 and model.global_steps % args.save_steps == 0:
-                position = {"epoch": epoch, "step_in_epoch": step + 1}
-                tag = checkpoint.save(model, ckpt_dir, position, history, meta, args.save_total_limit)
-                utils.print_rank_0(f"checkpoint {tag} saved to {ckpt_dir}")
-            acc_loss, acc_tokens, t0 = 0.0, 0, time.time()
-        evaluate(epoch + 1)
-        model.tput_timer.update_epoch_count()
-    if writer:
-        writer.close()
+        resuming = epoch == start_epoch
+        train_one_epoch(args, engine, lr_scheduler, train_dataloader, device, reporter, epoch,
+                        first=first if resuming else 0, rng_state=rng_state if resuming else None)
+        evaluate(args, engine, eval_dataloader, device, reporter, epoch=epoch + 1)
+        engine.tput_timer.update_epoch_count()
+    reporter.close()
 
-    history["train_seconds"] = time.time() - t_start
+    history.train_seconds = time.time() - t_start
     if args.output_dir is not None:
-        utils.print_rank_0("saving the final model ...")
-        model = lora.convert_lora_to_linear_layer(model)
-        if args.zero_stage == 3:
-            zero.save_zero_three_model(model, rank, args.output_dir, zero_stage=3, tokenizer=tokenizer)
-        elif rank == 0:
-            utils.save_hf_format(model, tokenizer, args)
-        if rank == 0:
-            with open(os.path.join(args.output_dir, "training_history.json"), "w") as f:
-                json.dump(history, f, indent=1)
-        dist.barrier()  # every rank returns only once the saved folder is complete
-        history["output_dir"] = args.output_dir
-        utils.print_rank_0(f"saved to {args.output_dir}")
-    model.module.sftlib_hf_ds_config = None  # end ZeRO-3 loading mode for later models in this process
+        save_model(args, engine, tokenizer, history)
     return history
 
 
-def cli(argv=None) -> None:
-    """Entry point: a user error prints ``error: ...`` once and exits 2."""
-    try:
-        main(argv)
-    except SFTError as err:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    cli()
+    from sftlib.cli import run
+
+    run(main)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+
+from sftlib.dist import launcher_free_env
 from tests.helpers import DEEPSPEED, ROOT
 
 
@@ -19,9 +21,7 @@ def test_exported_notebook_runs_on_two_ranks(world, tmp_path):
     assert "get_ipython" not in text and "!pip" not in text, "plain Python, no magics"
     # The script writes where the notebook writes, relative to notebooks/; point it at tmp_path instead.
     script.write_text(text.replace('OUT = "../outputs/nb05"', f'OUT = {str(tmp_path / "out")!r}'))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONPATH=ROOT)
+    env = launcher_free_env({"MPLBACKEND": "Agg"})
     proc = subprocess.run([DEEPSPEED, "--num_gpus", "2", "--master_port", "29581", str(script)],
                           cwd=os.path.join(ROOT, "notebooks"), env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

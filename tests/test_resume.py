@@ -7,9 +7,10 @@ import sys
 import time
 
 import pytest
-from tests.helpers import DEEPSPEED, ROOT
 
+from sftlib.dist import launcher_free_env
 from sftlib.utils import SFTError
+from tests.helpers import DEEPSPEED, ROOT
 
 
 def two_rank_cmd(world, out, port, *extra):
@@ -21,8 +22,7 @@ def two_rank_cmd(world, out, port, *extra):
 
 
 def run(cmd, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen(cmd, cwd=ROOT, env=launcher_free_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True, **kw)
 
 

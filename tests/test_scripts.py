@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tests.helpers import ROOT
 
 SCRIPTS = sorted(Path(ROOT).glob("training_scripts/**/*.sh")) + sorted(Path(ROOT).glob("evaluation_scripts/*.sh"))
@@ -42,7 +43,7 @@ def test_training_arguments_are_accepted(script, tmp_path):
     stub.write_text(STUB.format(python=sys.executable, out=str(record)))
     stub.chmod(0o755)
     env = {"PATH": "/usr/bin:/bin", "SFTLIB_LAUNCHER": str(stub), "PYTHON": sys.executable,
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+           "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(["bash", str(script), str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr

@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+
 from tests.helpers import DEEPSPEED, run_cli
 
 TRAIN = [sys.executable, "-m", "sftlib.train"]
@@ -54,10 +55,10 @@ def test_cpu_script_two_ranks_zero3_saves_a_loadable_folder(world, tmp_path):
 
 def run_cli_in_process(args, capsys):
     """``python -m sftlib.train ARGS`` without a new interpreter: (exit code, stderr)."""
-    from sftlib.train import cli
+    from sftlib import cli, train
 
     with pytest.raises(SystemExit) as exit_info:
-        cli(args)
+        cli.run(train.main, args)
     return exit_info.value.code, capsys.readouterr().err
 
 

@@ -2,17 +2,17 @@
 
 import json
 import os
-import socket
 import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
-from tests.helpers import run_cli
 from torch import nn
 
 from sftlib import utils
+from sftlib.dist import free_port
 from sftlib.utils import SFTError
+from tests.helpers import run_cli
 
 
 def load(world, kind):
@@ -79,12 +79,6 @@ def test_lora_group_gets_its_own_lr_and_frozen_weights_are_left_out(world):
 
 
 # ---------------------------------------------------------------- ranks
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_all_reduce_mean_over_two_gloo_ranks_is_the_true_mean(tmp_path):

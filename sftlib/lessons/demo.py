@@ -12,11 +12,8 @@ Explained in notebooks/00_quickstart.ipynb.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
-
-from sftlib.utils import SFTError
 
 DEMO_TRAIN_ARGS = [  # DeepSpeed-Chat's names; values sized for a 2-core CPU
     "--data_split", "10,0,0",  # the whole toy set for phase 1 (default 2,4,4 keeps 20% for SFT)
@@ -126,13 +123,10 @@ def run(out: str | Path = "outputs/demo") -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Fine-tune tiny OPT on the toy set and report what changed.")
     p.add_argument("--out", default="outputs/demo", help="output folder")
-    args = p.parse_args(argv)
-    try:
-        run(args.out)
-    except SFTError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run(p.parse_args(argv).out)
 
 
 if __name__ == "__main__":
-    main()
+    from sftlib.cli import run as run_cli
+
+    run_cli(main)

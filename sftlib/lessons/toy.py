@@ -350,7 +350,18 @@ def load_rows(path: str | os.PathLike) -> list[dict]:
     return read_json_rows(path)
 
 
-def _cli(argv=None) -> None:
+def make_toy_rows(base_rows: list[dict], n: int) -> list[dict]:
+    """``n`` distinct rows cycling through ``base_rows`` (each prompt gets a ``#k`` tag): for
+    benchmarks and tests that need more rows than the toy set has."""
+    out = []
+    for k in range(n):
+        row = dict(base_rows[k % len(base_rows)])
+        row["prompt"] = row["prompt"].replace("Human: ", f"Human: #{k} ", 1)
+        out.append(row)
+    return out
+
+
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Build the offline toy world (data, tokenizer, models).")
     p.add_argument("--models", nargs="+", default=["opt", "llama"], choices=sorted(MODEL_CONFIGS))
     p.add_argument("--root", default=None, help="where to build (default: $SFTLIB_HOME or toy_world/)")
@@ -360,4 +371,6 @@ def _cli(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    _cli()
+    from sftlib.cli import run
+
+    run(main)

@@ -52,4 +52,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sftlib.cli import run
+
+    run(main)

@@ -1,0 +1,59 @@
+"""sftlib.dist: the helpers every module shares about ranks, devices and launchers."""
+
+import os
+import socket
+
+import torch
+
+from sftlib import dist
+
+
+def test_free_port_is_bindable_and_launcher_env_drops_rank_variables(monkeypatch):
+    port = dist.free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # nothing else holds it
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("SFTLIB_SOMETHING", "kept")
+    env = dist.launcher_free_env({"EXTRA": "1"})
+    assert "RANK" not in env and "MASTER_PORT" not in env
+    assert env["SFTLIB_SOMETHING"] == "kept" and env["EXTRA"] == "1" and env["OMP_NUM_THREADS"] == "1"
+    assert os.environ["RANK"] == "3", "the caller's environment is left alone"
+
+
+def test_ranks_without_a_process_group(monkeypatch):
+    if torch.distributed.is_initialized():  # an in-process training run left its one-rank group
+        assert dist.global_rank() == 0 and dist.world_size() == 1
+        return
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert (dist.global_rank(), dist.local_rank(), dist.world_size(), dist.is_rank_0()) == (5, 1, 1, True)
+    assert dist.all_ranks({"x": 1}) == [{"x": 1}]
+
+
+def test_accelerator_and_device_on_this_machine(monkeypatch):
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    assert dist.accelerator_name() == expected
+    if expected == "cpu":
+        assert dist.device_for_rank(0) == torch.device("cpu")
+    monkeypatch.setenv("DS_ACCELERATOR", "npu")
+    assert dist.accelerator_name() == "npu", "DeepSpeed's own override wins, as in get_accelerator()"
+
+
+def test_unwrap_takes_the_module_out_of_an_engine_like_wrapper():
+    inner = torch.nn.Linear(2, 2)
+
+    class Engine(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = inner
+
+    assert dist.unwrap(Engine()) is inner
+    assert dist.unwrap(inner) is inner
+
+    class NotAnEngine(torch.nn.Module):
+        module = "a string attribute"
+
+    plain = NotAnEngine()
+    assert dist.unwrap(plain) is plain
