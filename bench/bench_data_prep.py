@@ -65,13 +65,13 @@ def batched(data_dir, out_dir, tokenizer, max_seq_len, seed=1234):
 
 def write_rows(folder: Path, n: int) -> None:
     from sftlib import data
-    from sftlib.lessons.toy import ensure_toy_world
+    from sftlib.lessons.toy import ensure_toy_world, make_toy_rows
 
     base = data.read_json_rows(ensure_toy_world(("opt",))["data"] / "train.json")
     folder.mkdir(parents=True, exist_ok=True)
     for split, count in (("train", n), ("eval", max(1, n // 50))):
         with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            for row in data.make_toy_rows(base, count):
+            for row in make_toy_rows(base, count):
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
@@ -90,8 +90,8 @@ def main(argv=None) -> dict:
     import datasets
 
     from sftlib import data
-    from sftlib.model import load_hf_tokenizer
     from sftlib.lessons.toy import ensure_toy_world
+    from sftlib.model import load_hf_tokenizer
 
     datasets.disable_progress_bars()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_data_"))

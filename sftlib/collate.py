@@ -7,7 +7,7 @@
   that restart at 0 for every sample and a 4-D block-diagonal causal ``attention_mask``, which
   transformers passes to eager/sdpa attention unchanged (flash-attention kernels ignore 4-D masks:
   there, use position_ids-based varlen packing instead). The first token of each sample gets
-  label -100, so no sample is trained to predict its neighbour. Cost: an L x L mask per row.
+  label ``IGNORE_INDEX`` (-100), so no sample is trained to predict its neighbour. Cost: an L x L mask per row.
 
 Explained in notebooks/01_dataset_abstraction.ipynb.
 """
@@ -18,6 +18,8 @@ import math
 
 import torch
 from torch.utils.data import Dataset
+
+from sftlib.constants import IGNORE_INDEX
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -35,7 +37,7 @@ class DynamicPaddingCollator:
         length = round_up(longest, self.multiple)
         if self.max_len is not None:
             length = min(length, max(self.max_len, longest))
-        fill = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": -100}
+        fill = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
         out = {k: torch.full((len(samples), length), v, dtype=torch.long) for k, v in fill.items()}
         for i, s in enumerate(samples):
             n = int(s["attention_mask"].sum())
@@ -76,7 +78,7 @@ class PackedDataset(Dataset):
             n = int(s["attention_mask"].sum())
             ids.append(s["input_ids"][:n])
             lab = s["labels"][:n].clone()
-            lab[0] = -100  # never predict a sample's first token from the previous sample
+            lab[0] = IGNORE_INDEX  # never predict a sample's first token from the previous sample
             labels.append(lab)
             positions.append(torch.arange(n))
         return {"input_ids": torch.cat(ids), "labels": torch.cat(labels), "position_ids": torch.cat(positions)}
@@ -108,7 +110,7 @@ class PackingCollator:
     def __call__(self, rows: list[dict]) -> dict:
         length = round_up(max(len(r["input_ids"]) for r in rows), self.multiple)
         out = {"input_ids": torch.full((len(rows), length), self.pad_token_id, dtype=torch.long),
-               "labels": torch.full((len(rows), length), -100, dtype=torch.long),
+               "labels": torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long),
                "position_ids": torch.zeros((len(rows), length), dtype=torch.long)}
         for i, r in enumerate(rows):
             n = len(r["input_ids"])

@@ -3,10 +3,12 @@
 The ``hybrid_engine`` block is step 3's: it swaps the actor into DeepSpeed's CUDA inference kernels
 to generate, then back to training. Those kernels do not exist on a CPU, so ``check_hybrid_engine``
 refuses the block there in one sentence instead of DeepSpeed's "This op had not been implemented on
-CPU backend" deep in a traceback. Try it::
+CPU backend" deep in a traceback. Print a config::
 
-    python -m sftlib.ds_config --zero_stage 3             # print the config step 1 would use
-    python -m sftlib.ds_config --enable_hybrid_engine     # CPU: one sentence, exit 2; CUDA: runs it
+    python -m sftlib.ds_config --zero_stage 3             # the config step 1 would use
+    python -m sftlib.ds_config --enable_hybrid_engine     # CPU: one sentence, exit 2
+
+The hybrid engine at work is a lesson: ``python -m sftlib.lessons.hybrid_engine`` (CUDA only).
 
 Explained in notebooks/06_hybrid_engine_and_logs.ipynb.
 """
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from sftlib.cli import run
+from sftlib.dist import accelerator_name
 from sftlib.utils import SFTError
 
 GLOBAL_BATCH_SIZE = 32  # placeholder; sftlib.train overwrites it from the micro batch and world size
@@ -100,89 +103,31 @@ def get_eval_ds_config(offload: bool, dtype: str, stage: int = 0) -> dict:
 NO_HYBRID_ACCELERATORS = ("cpu", "mps")  # DeepSpeed has no inference kernels for these
 
 
-def _accelerator_name() -> str:
-    """The accelerator DeepSpeed would pick, found without importing DeepSpeed (and its CPU warning)."""
-    import importlib.util
-    import os
-
-    import torch
-
-    if os.environ.get("DS_ACCELERATOR"):
-        return os.environ["DS_ACCELERATOR"]
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    if not any(importlib.util.find_spec(m) for m in ("intel_extension_for_pytorch", "torch_npu",
-                                                      "habana_frameworks", "torch_mlu", "torch_sdaa")):
-        return "cpu"
-    from deepspeed.accelerator import get_accelerator
-
-    return get_accelerator().device_name()
-
-
 def check_hybrid_engine(config: dict, accelerator: str | None = None) -> None:
     """Raise ``SFTError`` when ``hybrid_engine.enabled`` is set on an accelerator without its kernels."""
     if not config.get("hybrid_engine", {}).get("enabled"):
         return
     if accelerator is None:
-        accelerator = _accelerator_name()
+        accelerator = accelerator_name()
     if accelerator in NO_HYBRID_ACCELERATORS:
         raise SFTError(f"the hybrid engine needs a CUDA GPU (it runs generation in DeepSpeed's CUDA inference "
                        f"kernels) and this machine's accelerator is {accelerator!r}; set hybrid_engine.enabled "
                        f"to false (step 1 never uses it)")
 
 
-def run_hybrid_engine(config: dict, model_path: str, prompt: str = "Human: What is the opposite of hot?"):
-    """Wrap a small causal LM in ``DeepSpeedHybridEngine``, train one step, generate; returns (engine, text)."""
-    import os
-
-    import deepspeed
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    check_hybrid_engine(config)
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
-    deepspeed.init_distributed()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path)
-    config = {**config, "train_batch_size": 1, "train_micro_batch_size_per_gpu": 1}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    batch = tokenizer(prompt, return_tensors="pt").to(engine.device)
-    engine.train()
-    engine.backward(engine(**batch, labels=batch["input_ids"]).loss)  # training mode: ordinary modules
-    engine.step()
-    engine.eval()  # generation mode: the hybrid engine swaps in its inference containers
-    out = engine.generate(**batch, max_new_tokens=8, do_sample=False)
-    return engine, tokenizer.decode(out[0], skip_special_tokens=True)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Print DeepSpeed-Chat's step-1 DeepSpeed config; try the hybrid engine.")
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Print DeepSpeed-Chat's step-1 DeepSpeed config.")
     p.add_argument("--zero_stage", type=int, default=0)
     p.add_argument("--dtype", default="fp32", choices=("fp16", "bf16", "fp32"))
     p.add_argument("--offload", action="store_true")
-    p.add_argument("--enable_hybrid_engine", action="store_true", help="CUDA only: run the hybrid engine once")
-    p.add_argument("--model_name_or_path", default=None, help="a small model (default: the toy OPT)")
+    p.add_argument("--enable_hybrid_engine", action="store_true",
+                   help="set hybrid_engine.enabled (refused where DeepSpeed has no inference kernels)")
     args = p.parse_args(argv)
     config = get_train_ds_config(offload=args.offload, dtype=args.dtype, stage=args.zero_stage,
                                  enable_hybrid_engine=args.enable_hybrid_engine)
-    try:
-        check_hybrid_engine(config)
-    except SFTError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    check_hybrid_engine(config)
     print(json.dumps(config, indent=2))
-    if args.enable_hybrid_engine:
-        from sftlib.lessons.toy import ensure_toy_world
-
-        path = args.model_name_or_path or str(ensure_toy_world(("opt",))["opt"])
-        engine, text = run_hybrid_engine(config, path)
-        print(f"{type(engine).__name__} generated: {text!r}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd
+
+from sftlib.cli import run
+from sftlib.utils import SFTError
 
 COLUMNS = ["line", "kind", "time", "rank", "epoch", "num_epochs", "step", "micro_step", "loss", "ppl", "lr",
            "mom", "skipped", "loss_scale", "new_loss_scale", "samples_per_s", "avg_samples_per_s",
@@ -227,15 +229,14 @@ def _panel(ax, df, series, title):
     ax.set(title=title, xlabel="step")
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Summarise a DeepSpeed / DeepSpeed-Chat / sftlib training log.")
     p.add_argument("log", help="the log file (stdout of a training run)")
     p.add_argument("--plot", help="write the figure to this PNG")
     p.add_argument("--csv", help="write the parsed rows to this CSV")
     args = p.parse_args(argv)
     if not Path(args.log).is_file():
-        print(f"error: {args.log}: no such log file", file=sys.stderr)
-        return 2
+        raise SFTError(f"{args.log}: no such log file")
     df = parse_log(Path(args.log))
     print(summary(df).to_string())
     ppl = df[df.kind == "ppl"]
@@ -249,8 +250,7 @@ def main(argv=None) -> int:
         matplotlib.use("Agg")
         plot_log(df, args.plot, title=Path(args.log).name)
         print(f"figure written to {args.plot}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

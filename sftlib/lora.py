@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sftlib.constants import is_lora_name
+from sftlib.dist import unwrap
 from sftlib.utils import SFTError
-
-LORA_NAMES = ("lora_right_weight", "lora_left_weight")
 
 
 def _conv1d_class():
@@ -106,19 +106,17 @@ def _full_shape(param):
     return tuple(param.ds_shape) if hasattr(param, "ds_shape") else tuple(param.shape)
 
 
-def _unwrap(model):
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-
-
-def _recursive_getattr(model, name):
-    for part in name.split("."):
+def recursive_getattr(model, module_name):
+    """The submodule (or attribute) at a dotted path: ``recursive_getattr(model, "model.layers.0.mlp")``."""
+    for part in module_name.split("."):
         model = getattr(model, part)
     return model
 
 
-def _recursive_setattr(model, name, module):
-    parent, _, child = name.rpartition(".")
-    setattr(_recursive_getattr(model, parent) if parent else model, child, module)
+def recursive_setattr(model, module_name, module):
+    """Put ``module`` at a dotted path, replacing what was there (how a Linear becomes a LoRA layer)."""
+    parent, _, child = module_name.rpartition(".")
+    setattr(recursive_getattr(model, parent) if parent else model, child, module)
 
 
 def lora_candidates(model) -> dict[str, int]:
@@ -129,7 +127,7 @@ def lora_candidates(model) -> dict[str, int]:
     """
     kinds = (nn.Linear, _conv1d_class())
     counts: dict[str, int] = {}
-    for name, module in _unwrap(model).named_modules():
+    for name, module in unwrap(model).named_modules():
         if isinstance(module, kinds):
             parts = name.split(".")
             cut = next((i for i, p in enumerate(parts) if p.isdigit()), len(parts))
@@ -140,7 +138,7 @@ def lora_candidates(model) -> dict[str, int]:
 
 def find_lora_targets(model, part_module_name) -> list[tuple[str, nn.Module]]:
     """The ``(name, module)`` pairs ``convert_linear_layer_to_lora`` would wrap, or a clear error."""
-    model = _unwrap(model)
+    model = unwrap(model)
     kinds = (nn.Linear, _conv1d_class())
     matched = [(n, m) for n, m in model.named_modules() if n and part_module_name in n]
     targets = [(n, m) for n, m in matched if isinstance(m, kinds)]
@@ -160,7 +158,7 @@ def convert_linear_layer_to_lora(model, part_module_name, lora_dim=0, lora_scali
     """
     if lora_dim <= 0:
         raise SFTError(f"--lora_dim must be > 0 to add LoRA layers (got {lora_dim})")
-    model = _unwrap(model)
+    model = unwrap(model)
     targets = find_lora_targets(model, part_module_name)
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     conv1d = _conv1d_class()
@@ -175,13 +173,13 @@ def convert_linear_layer_to_lora(model, part_module_name, lora_dim=0, lora_scali
     for name, module in targets:
         layer = LinearLayer_LoRA(module.weight, lora_dim, lora_scaling, lora_droppout, module.bias,
                                  fan_in_fan_out=isinstance(module, conv1d))
-        _recursive_setattr(model, name, layer.to(module.weight.device))
+        recursive_setattr(model, name, layer.to(module.weight.device))
     return model
 
 
 def lora_layers(model) -> list[tuple[str, LinearLayer_LoRA]]:
     """Every LoRA layer of the model, with its name."""
-    return [(n, m) for n, m in _unwrap(model).named_modules() if isinstance(m, LinearLayer_LoRA)]
+    return [(n, m) for n, m in unwrap(model).named_modules() if isinstance(m, LinearLayer_LoRA)]
 
 
 def _zero3_params(module):
@@ -218,12 +216,12 @@ def unfuse_lora_weight(model):
 
 def only_optimize_lora_parameters(model, force_optimize_params=()):
     """Leave ``requires_grad`` on LoRA parameters (and names containing a ``force_optimize_params`` entry)."""
-    named = list(_unwrap(model).named_parameters())
-    if not any(n.endswith(LORA_NAMES) for n, _ in named):
+    named = list(unwrap(model).named_parameters())
+    if not any(is_lora_name(n) for n, _ in named):
         raise SFTError("the model has no LoRA parameters, so nothing would train; "
                        "convert it first (--lora_dim > 0 and a --lora_module_name that matches)")
     for name, param in named:
-        param.requires_grad = name.endswith(LORA_NAMES) or any(f in name for f in force_optimize_params)
+        param.requires_grad = is_lora_name(name) or any(f in name for f in force_optimize_params)
     return model
 
 
@@ -234,7 +232,7 @@ def make_model_gradient_checkpointing_compatible(model):
     block whose inputs require grad; with a frozen embedding they do not, and the LoRA weights
     inside get no gradient. transformers >= 5 checkpoints non-reentrantly and does not need this.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     if hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     elif hasattr(model, "get_input_embeddings"):
@@ -247,7 +245,7 @@ def make_model_gradient_checkpointing_compatible(model):
 
 def count_parameters(model) -> dict[str, int]:
     """Total and trainable parameter counts (ZeRO-3 partitions counted at full size)."""
-    params = list(_unwrap(model).parameters())
+    params = list(unwrap(model).parameters())
     numel = [p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params]
     return {"total": sum(numel), "trainable": sum(n for n, p in zip(numel, params) if p.requires_grad)}
 
@@ -320,7 +318,7 @@ def _warn_if_vocab_differs(model, base_model_name_or_path):
         base_vocab = AutoConfig.from_pretrained(str(base_model_name_or_path)).vocab_size
     except (OSError, ValueError):
         return  # the base is not reachable from here; PEFT will check when it loads
-    rows = _full_shape(_unwrap(model).get_input_embeddings().weight)[0]
+    rows = _full_shape(unwrap(model).get_input_embeddings().weight)[0]
     if rows != base_vocab:
         warnings.warn(f"the model's vocabulary ({rows}) differs from the base's ({base_vocab}); the adapter does not "
                       f"carry embeddings: call base.resize_token_embeddings({rows}) before PeftModel.from_pretrained")

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sftlib.constants import IGNORE_INDEX
+
 _HIDDEN = ("hidden_size", "n_embd", "d_model", "dim")
 _LAYERS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _HEADS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
@@ -111,13 +113,13 @@ def profile_forward_flops(model, input_ids: torch.Tensor) -> float:
 
 def packed_samples(batch: dict) -> int:
     """Samples in packed rows: ``position_ids`` restarts, less each row's trailing padding run
-    (``sftlib.collate.PackingCollator`` gives padding its own run, all labels -100)."""
+    (``sftlib.collate.PackingCollator`` gives padding its own run, all labels ``IGNORE_INDEX``)."""
     pos, labels = batch["position_ids"], batch.get("labels")
     count = int((pos == 0).sum())
     if labels is not None:
         for row_pos, row_lab in zip(pos, labels):
             last = int((row_pos == 0).nonzero().max())
-            if last > 0 and bool((row_lab[last:] == -100).all()):
+            if last > 0 and bool((row_lab[last:] == IGNORE_INDEX).all()):
                 count -= 1
     return count
 

@@ -10,10 +10,10 @@ Explained in notebooks/05_main_training_loop.ipynb.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
+from sftlib.cli import run
 from sftlib.utils import SFTError
 
 PROMPTS = {
@@ -173,8 +173,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SFTError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

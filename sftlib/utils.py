@@ -93,7 +93,6 @@ def get_all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 NO_DECAY = ["bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight"]
-LORA_NAMES = list(LORA_PARAM_NAMES)
 
 
 def _has(name: str, substrings) -> bool:
@@ -101,7 +100,7 @@ def _has(name: str, substrings) -> bool:
 
 
 def get_optimizer_grouped_parameters(model, weight_decay: float, lora_lr: float = 5e-4,
-                                     no_decay_name_list=NO_DECAY, lora_name_list=LORA_NAMES):
+                                     no_decay_name_list=NO_DECAY, lora_name_list=LORA_PARAM_NAMES):
     """DeepSpeed-Chat's three parameter groups, matched by case-insensitive substring of the name.
 
     1. decayed, non-LoRA parameters (``weight_decay``); 2. LoRA parameters (``weight_decay`` and

@@ -1,12 +1,14 @@
 """sftlib.ds_config: DeepSpeed-Chat's fields, and the hybrid engine refused on a CPU in one sentence."""
 
+import json
 import sys
 
 import pytest
-from tests.helpers import run_cli
 
-from sftlib.ds_config import check_hybrid_engine, get_eval_ds_config, get_train_ds_config
+from sftlib.dist import accelerator_name
+from sftlib.ds_config import NO_HYBRID_ACCELERATORS, check_hybrid_engine, get_eval_ds_config, get_train_ds_config, main
 from sftlib.utils import SFTError
+from tests.helpers import run_cli
 
 
 def test_train_config_has_deepspeed_chat_fields():
@@ -31,12 +33,17 @@ def test_hybrid_engine_refused_on_cpu_only():
     check_hybrid_engine(get_train_ds_config(offload=False, dtype="fp32"), accelerator="cpu")
 
 
-def test_cli_on_cpu_prints_one_sentence_and_exits_nonzero():
-    import torch
+def test_cli_prints_the_config(capsys):
+    main(["--zero_stage", "3", "--dtype", "bf16", "--offload"])
+    config = json.loads(capsys.readouterr().out)
+    assert config == get_train_ds_config(offload=True, dtype="bf16", stage=3)
 
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA machine runs the hybrid engine instead")
+
+def test_cli_on_cpu_prints_one_sentence_and_exits_nonzero():
     proc = run_cli([sys.executable, "-m", "sftlib.ds_config", "--enable_hybrid_engine"])
+    if accelerator_name() not in NO_HYBRID_ACCELERATORS:  # a GPU: the config, hybrid engine on
+        assert proc.returncode == 0 and json.loads(proc.stdout)["hybrid_engine"]["enabled"] is True
+        return
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the hybrid engine needs a CUDA GPU"), proc.stderr

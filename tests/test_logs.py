@@ -5,10 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.helpers import run_cli
 
+from sftlib.cli import run
 from sftlib.logs import main as logs_cli
 from sftlib.logs import parse_log, parse_segment
+from tests.helpers import run_cli
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ds_chat_2023.log"
 
@@ -122,10 +123,14 @@ def test_two_ranks_zero3_sftlib_log(world, tmp_path):
     assert df.attrs["world_size"] == 2 and (df.kind == "launcher").sum() >= 2
 
 
-def test_cli_prints_counts_and_writes_a_figure(tmp_path, capsys):
+def test_cli_prints_counts_and_writes_a_figure(tmp_path, capsys, monkeypatch):
     out = tmp_path / "log.png"
-    assert logs_cli([str(FIXTURE), "--plot", str(out), "--csv", str(tmp_path / "log.csv")]) == 0
+    logs_cli([str(FIXTURE), "--plot", str(out), "--csv", str(tmp_path / "log.csv")])
     printed = capsys.readouterr().out
     assert re.search(r"overflow\s+8", printed) and "perplexity by epoch" in printed
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
-    assert logs_cli([str(tmp_path / "missing.log")]) == 2
+    missing = tmp_path / "missing.log"
+    monkeypatch.delenv("RANK", raising=False)  # cli.run prints on rank 0 only
+    with pytest.raises(SystemExit) as exited:
+        run(logs_cli, [str(missing)])
+    assert exited.value.code == 2 and capsys.readouterr().err == f"error: {missing}: no such log file\n"

@@ -6,11 +6,12 @@ import sys
 
 import pytest
 import torch
-from tests.helpers import run_cli
 from torch import nn
 
 from sftlib import lora
+from sftlib.constants import is_lora_name
 from sftlib.utils import SFTError
+from tests.helpers import run_cli
 
 MODULES = {"opt": "decoder.layers.", "llama": "layers."}
 
@@ -25,7 +26,7 @@ def randomise_lora(model, seed=0, std=0.05):
     """Give every LoRA matrix non-zero values (a fresh conversion has L = 0, so it changes nothing)."""
     g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
-        if name.endswith(lora.LORA_NAMES) or ".lora_A." in name or ".lora_B." in name:
+        if is_lora_name(name) or ".lora_A." in name or ".lora_B." in name:
             p.data = torch.randn(p.shape, generator=g) * std
     return model
 
@@ -70,7 +71,7 @@ def test_same_weights_as_peft_give_the_same_outputs(world, kind):
     lora.load_lora_from_peft(ours, peft_state)
     some = targets[0]
     a = peft_state[f"base_model.model.{some}.lora_A.weight"]
-    assert torch.equal(lora._recursive_getattr(ours, some).lora_right_weight, a.T), "PEFT's A is our right, transposed"
+    assert torch.equal(lora.recursive_getattr(ours, some).lora_right_weight, a.T), "PEFT's A is our right, transposed"
     x = ids()
     diff = (logits(ours, x) - logits(theirs, x)).abs().max().item()
     assert diff < 1e-5
@@ -100,7 +101,7 @@ def test_fuse_equals_unfused_and_unfuse_restores(world, kind):
     assert not q.fuse_lora
     reference = dict(base.named_parameters())
     for name, p in model.named_parameters():
-        if not name.endswith(lora.LORA_NAMES):
+        if not is_lora_name(name):
             assert (p - reference[name]).abs().max().item() < 1e-6, name
     assert (logits(model, x) - before).abs().max().item() < max(1e-5, 2 * floor)
 
@@ -112,9 +113,9 @@ def test_fused_save_loads_in_plain_transformers(world, tmp_path):
 
     model = randomise_lora(lora.convert_linear_layer_to_lora(load(world, "llama"), "layers.", 8))
     lora.convert_lora_to_linear_layer(model)
-    write_hf_folder(model, {k: v for k, v in model.state_dict().items() if "lora" not in k}, None, tmp_path / "m")
+    write_hf_folder(model, {k: v for k, v in model.state_dict().items() if not is_lora_name(k)}, None, tmp_path / "m")
     plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"), dtype=torch.float32).eval()
-    assert not any("lora" in n for n, _ in plain.named_parameters())
+    assert not any(is_lora_name(n) for n, _ in plain.named_parameters())
     x = ids()
     assert torch.equal(logits(plain, x), logits(model, x))
 
@@ -183,7 +184,7 @@ def test_selection_errors_name_the_fix(world):
 def test_only_optimize_lora_parameters(world):
     model = lora.only_optimize_lora_parameters(lora.convert_linear_layer_to_lora(load(world, "opt"), "layers.", 8))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all(n.endswith(lora.LORA_NAMES) for n in trainable)
+    assert trainable and all(is_lora_name(n) for n in trainable)
     counts = lora.count_parameters(model)
     assert counts["trainable"] == 16 * 8 * (128 + 128) + 8 * 8 * (128 + 512)  # 16 attention, 8 MLP layers
 
@@ -228,8 +229,8 @@ def test_reentrant_checkpointing_with_a_frozen_base_needs_input_grads():
 def test_zero3_fuse_unfuse_and_export_match_plain(world):
     import deepspeed
 
+    from sftlib.dist import init_distributed
     from sftlib.ds_config import get_train_ds_config
-    from sftlib.train import init_distributed
 
     init_distributed()
     plain = randomise_lora(lora.convert_linear_layer_to_lora(load(world, "opt"), "decoder.layers.", 32))
@@ -280,7 +281,7 @@ def test_lora_only_sft_trains_llama_zero3_and_saves_fused(world, tmp_path):
     history = json.loads((tmp_path / "m" / "training_history.json").read_text())
     assert sum(history["loss"][-5:]) / 5 < 0.7 * history["loss"][0]
     saved, base = load_file(tmp_path / "m" / "model.safetensors"), load_file(world["llama"] / "model.safetensors")
-    assert not any("lora" in k for k in saved)
+    assert not any(is_lora_name(k) for k in saved)
     assert torch.equal(saved["model.embed_tokens.weight"], base["model.embed_tokens.weight"]), "frozen: unchanged"
     assert not torch.equal(saved["model.layers.0.self_attn.q_proj.weight"],
                            base["model.layers.0.self_attn.q_proj.weight"]), "the LoRA update is fused in"

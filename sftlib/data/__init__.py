@@ -1,0 +1,89 @@
+"""DeepSpeed-Chat's dataset abstraction (``dschat/utils/data/``): raw sets, splits, prompt datasets.
+
+Three layers, as in the original:
+
+1. ``PromptRawDataset`` (``raw.py``): one dataset's train/eval rows and how to read ``prompt``,
+   ``chosen`` and ``rejected`` from a row. Every set DeepSpeed-Chat knows is in ``REGISTRY``
+   (``registry.py``) as a small declarative ``DatasetSpec`` (field templates, splits); users add
+   their own the same way, from a json file (see data_cards/README.md). Rows are loaded from the
+   hub or local files by ``sources.py``.
+2. ``split_indices`` (``splits.py``): the seeded permutation cut by ``--data_split``; phase p uses
+   part p-1, and the index files carry the original names.
+3. ``create_prompt_dataset`` (``build.py``): tokenized phase-1/2/3 datasets. Compat mode gives
+   exactly the tensors of the original one-at-a-time recipe, but tokenizes in batches
+   (``tokenize.py``), stores unpadded int32 ids as Arrow (``PromptDataset`` in
+   ``prompt_dataset.py`` pads when read), and builds the cache once (global rank 0) while other
+   ranks poll a marker file (``cache.py``).
+
+Naming a dataset on the command line (``--data_path``, ``--sft_only_data_path``)::
+
+    Dahoas/rm-static                     # registered name: datasets.load_dataset(hub id)
+    Dahoas/rm-static=/data/rm-static     # the same set from a local file or folder, offline
+    path/to/folder                       # train.json + eval.json, fields used as they are
+    local/jsonfile=path/to/rows.jsonl    # DeepSpeed-Chat's local/jsonfile, any json/jsonl path
+    my_set.json=path/to/rows             # a user mapping (json) applied to local rows
+
+Every public name of the modules is importable from ``sftlib.data`` (DeepSpeed-Chat's names).
+
+Explained in notebooks/01_dataset_abstraction.ipynb.
+"""
+
+from sftlib.data.build import BuildRequest, build_prompt_datasets, cache_key_parts, create_prompt_dataset
+from sftlib.data.cache import (
+    DATA_FORMAT_VERSION,
+    cache_key,
+    cache_problem,
+    cache_size_bytes,
+    load_prompt_datasets,
+    save_cache,
+    tokenizer_fingerprint,
+    wait_for_cache,
+)
+from sftlib.data.prompt_dataset import PromptDataset
+from sftlib.data.raw import PromptRawDataset, get_raw_dataset
+from sftlib.data.registry import (
+    HA,
+    PLACEHOLDER,
+    REGISTRY,
+    TRANSFORM_INPUTS,
+    TRANSFORMS,
+    DatasetSpec,
+    get_field,
+    load_spec_file,
+    parse_template,
+    register_dataset,
+    render,
+    resolve_data_path,
+    row_keys,
+)
+from sftlib.data.sources import (
+    SPLIT_FILE_SUFFIXES,
+    fingerprint_source,
+    hash_file,
+    load_hub,
+    load_local,
+    read_json_rows,
+    select_rows,
+)
+from sftlib.data.splits import (
+    get_raw_dataset_split_index,
+    get_shuffle_idx,
+    index_file_name,
+    parse_data_split,
+    split_indices,
+)
+from sftlib.data.tokenize import tokenize_one_at_a_time, tokenize_split
+
+__all__ = [
+    "BuildRequest", "build_prompt_datasets", "cache_key_parts", "create_prompt_dataset",
+    "DATA_FORMAT_VERSION", "cache_key", "cache_problem", "cache_size_bytes", "load_prompt_datasets", "save_cache",
+    "tokenizer_fingerprint", "wait_for_cache",
+    "PromptDataset",
+    "PromptRawDataset", "get_raw_dataset",
+    "HA", "PLACEHOLDER", "REGISTRY", "TRANSFORM_INPUTS", "TRANSFORMS", "DatasetSpec", "get_field", "load_spec_file",
+    "parse_template", "register_dataset", "render", "resolve_data_path", "row_keys",
+    "SPLIT_FILE_SUFFIXES", "fingerprint_source", "hash_file", "load_hub", "load_local", "read_json_rows",
+    "select_rows",
+    "get_raw_dataset_split_index", "get_shuffle_idx", "index_file_name", "parse_data_split", "split_indices",
+    "tokenize_one_at_a_time", "tokenize_split",
+]

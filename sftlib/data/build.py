@@ -1,0 +1,193 @@
+"""Building the prompt datasets: every set read, split, tokenized and blended, then cached
+(``create_prompt_dataset``, DeepSpeed-Chat's entry point, with its signature and result)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from sftlib.data.cache import (
+    DATA_FORMAT_VERSION,
+    cache_key,
+    cache_problem,
+    load_prompt_datasets,
+    save_cache,
+    tokenizer_fingerprint,
+    wait_for_cache,
+)
+from sftlib.data.raw import get_raw_dataset
+from sftlib.data.registry import resolve_data_path
+from sftlib.data.sources import fingerprint_source, load_hub, select_rows
+from sftlib.data.splits import get_raw_dataset_split_index, get_shuffle_idx, parse_data_split
+from sftlib.data.tokenize import tokenize_split
+from sftlib.dist import global_rank
+from sftlib.utils import SFTError
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildRequest:
+    """What one build of the prompt datasets is asked for (the tokenizer travels beside it)."""
+
+    data_path: tuple[str, ...]            # --data_path entries, blended
+    data_split: str                       # --data_split, e.g. "2,4,4"
+    output_path: str                      # --data_output_path: split index files and the cache
+    train_phase: int                      # 1, 2 or 3
+    seed: int
+    max_seq_len: int
+    end_of_conversation_token: str
+    sft_only: tuple[str, ...] = ()        # --sft_only_data_path entries (no split; phase 1 only)
+    blend_weights: tuple[float, ...] | None = None  # --data_weights, one per data_path entry
+    num_proc: int | None = None           # tokenizing processes (None: by size)
+    local_rank: int = 0                   # the process with local_rank <= 0 writes the index files
+
+
+def _blend(tables, seed: int, weights=None):
+    """Concatenate then shuffle (compat: each set contributes all its rows). With ``weights``,
+    set i contributes ``round(w_i / sum(w) * total)`` rows (repeating a small set if needed)."""
+    import datasets
+
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return None
+    if weights is not None:
+        total, wsum = sum(len(t) for t in tables), float(sum(weights))
+        picked = []
+        for i, (t, w) in enumerate(zip(tables, weights)):
+            want = int(round(w / wsum * total))
+            order = np.random.RandomState(seed + i).permutation(len(t))
+            picked.append(select_rows(t, np.resize(order, want).tolist()))
+        tables = picked
+    if len(tables) == 1 and weights is None:
+        return tables[0]
+    merged = datasets.concatenate_datasets(tables)
+    return select_rows(merged, get_shuffle_idx(seed, len(merged)).tolist())
+
+
+def _report_truncation(table, max_seq_len: int, where: str, train_phase: int) -> dict:
+    if len(table) == 0 or "full_length" not in table.column_names:
+        return {"truncated": 0}
+    lengths = table.data.column("full_length").to_numpy()
+    stats = {"truncated": int((lengths > max_seq_len).sum()), "rows": len(table)}
+    if train_phase == 1 and stats["truncated"]:
+        prompts_full = int((table.data.column("prompt_tokens").to_numpy() >= max_seq_len).sum())
+        warnings.warn(f"{where}: {stats['truncated']} of {len(table)} samples are longer than max_seq_len="
+                      f"{max_seq_len} and were truncated (their end-of-conversation token is cut off); "
+                      f"{prompts_full} prompts alone fill max_seq_len", stacklevel=3)
+        stats["prompt_fills"] = prompts_full
+    return stats
+
+
+def build_prompt_datasets(request: BuildRequest, tokenizer):
+    """Tokenize and blend every set (no cache). Returns Arrow (train, eval) and a stats dict."""
+    r = request
+    trains, evals, stats = [], [], {}
+    entries = [(p, r.data_split) for p in r.data_path] + [(p, "10,0,0") for p in r.sft_only]
+    for entry, split in entries:
+        raw = get_raw_dataset(entry, r.output_path, r.seed, r.local_rank)
+        if raw.spec.rejected is None and r.train_phase == 2:
+            print(f"warning: {raw.dataset_name} has no rejected answers; phase 2 gets no rows from it", flush=True)
+        for name, rows, bucket in (("train", raw.get_train_data(), trains), ("eval", raw.get_eval_data(), evals)):
+            idx = get_raw_dataset_split_index(r.local_rank, r.output_path, raw.dataset_name_clean, r.seed, name,
+                                              split, r.train_phase - 1, len(rows))
+            table = tokenize_split(select_rows(rows, idx), raw, r.train_phase, tokenizer, r.end_of_conversation_token,
+                                   r.max_seq_len, r.num_proc)
+            stats[f"{entry}:{name}"] = _report_truncation(table, r.max_seq_len, f"{entry} ({name})", r.train_phase)
+            bucket.append((entry in r.sft_only, table))
+    main_w = r.blend_weights[:len(r.data_path)] if r.blend_weights else None
+    train = _blend([t for sft, t in trains if not sft], r.seed, main_w)
+    evals_main = _blend([t for sft, t in evals if not sft], r.seed)
+    sft_train = [t for sft, t in trains if sft]
+    sft_eval = [t for sft, t in evals if sft]
+    if r.train_phase == 1 and sft_train and any(len(t) for t in sft_train):
+        train = _blend(([train] if train is not None else []) + sft_train, r.seed)
+    if r.train_phase == 1 and sft_eval and any(len(t) for t in sft_eval):
+        evals_main = _blend(([evals_main] if evals_main is not None else []) + sft_eval, r.seed)
+    empty = select_rows(trains[0][1], [])
+    return (train if train is not None else empty), (evals_main if evals_main is not None else empty), stats
+
+
+def cache_key_parts(request: BuildRequest, tokenizer) -> dict:
+    """What the cache key covers: every data file's bytes (or the hub fingerprint), the tokenizer,
+    the end-of-conversation token, max_seq_len, split, phase, seed, blend weights, format version.
+    Unknown dataset names fail here, before anything is built."""
+    r = request
+    resolved = [resolve_data_path(p) for p in r.data_path + r.sft_only]
+    sources = [fingerprint_source(spec, src) if src else f"hub:{spec.load_id}:{spec.hub_config}"
+               for spec, src in resolved]
+    parts = {"format_version": DATA_FORMAT_VERSION, "data_path": list(r.data_path), "sources": sources,
+             "sft_only": list(r.sft_only), "split": r.data_split, "phase": r.train_phase, "seed": r.seed,
+             "max_seq_len": r.max_seq_len, "eot": r.end_of_conversation_token,
+             "tokenizer": tokenizer_fingerprint(tokenizer),
+             "blend_weights": list(r.blend_weights) if r.blend_weights is not None else None}
+    if any(src is None for _, src in resolved):  # hub sets: include their cached fingerprints
+        parts["hub"] = [fingerprint_source(spec, None, load_hub(spec)) for spec, src in resolved if src is None]
+    return parts
+
+
+def create_prompt_dataset(local_rank, data_path, data_split, output_path, train_phase, seed, tokenizer,
+                          max_seq_len, end_of_conversation_token="<|endoftext|>", sft_only_data_path=(),
+                          reload=False, blend_weights=None, mask_prompt=False, pad_to_max_len=True,
+                          num_proc=None):
+    """Train and eval ``PromptDataset`` for ``train_phase``: DeepSpeed-Chat's signature and result.
+
+    The tokenized sets are cached under ``output_path/prompt_dataset_<key>/`` (Arrow); the key is
+    ``cache_key_parts``. Global rank 0 builds (under a file lock); other ranks poll for the finished
+    cache. A damaged cache is rebuilt with a warning. ``mask_prompt`` and ``pad_to_max_len`` only
+    change how samples are read, not the cache.
+    """
+    from filelock import FileLock
+
+    if train_phase not in (1, 2, 3):
+        raise SFTError(f"train_phase must be 1, 2 or 3 (got {train_phase})")
+    parse_data_split(data_split)
+    data_path = [data_path] if isinstance(data_path, str) else list(data_path)
+    if blend_weights is not None:
+        if len(blend_weights) != len(data_path) or any(w < 0 for w in blend_weights) or sum(blend_weights) <= 0:
+            raise SFTError(f"--data_weights {blend_weights}: give one non-negative weight per --data_path "
+                           f"({len(data_path)}), not all zero")
+    request = BuildRequest(tuple(data_path), data_split, output_path, train_phase, seed, max_seq_len,
+                           end_of_conversation_token, tuple(sft_only_data_path or ()),
+                           None if blend_weights is None else tuple(blend_weights), num_proc, local_rank)
+    key_parts = cache_key_parts(request, tokenizer)
+    os.makedirs(output_path, exist_ok=True)
+    folder = Path(output_path) / f"prompt_dataset_{cache_key(key_parts)}"
+    if global_rank() == 0:
+        with FileLock(f"{folder}.lock"):
+            _build_if_needed(folder, reload, key_parts, request, tokenizer)
+    else:
+        wait_for_cache(folder)
+    return load_prompt_datasets(folder, tokenizer.pad_token_id, train_phase, max_seq_len, mask_prompt,
+                                pad_to_max_len)
+
+
+def _build_if_needed(folder: Path, reload: bool, key_parts: dict, request: BuildRequest, tokenizer) -> None:
+    import datasets
+
+    problem = cache_problem(folder)
+    if problem is None and not reload:
+        return
+    if problem != "missing" and not reload:
+        warnings.warn(f"dataset cache {folder} is damaged ({problem}); rebuilding it", stacklevel=3)
+    failed = Path(f"{folder}.failed")
+    failed.unlink(missing_ok=True)
+    try:
+        t0 = time.time()
+        quiet = datasets.utils.are_progress_bars_disabled()
+        datasets.disable_progress_bars()
+        try:
+            train, evals, stats = build_prompt_datasets(request, tokenizer)
+            save_cache(folder, train, evals, {"key": key_parts, "train_rows": len(train), "eval_rows": len(evals),
+                                              "stats": stats, "build_seconds": round(time.time() - t0, 3)})
+        finally:
+            if not quiet:
+                datasets.utils.enable_progress_bars()
+        print(f"built dataset cache {folder.name[:28]}... ({len(train)} train / {len(evals)} eval rows, "
+              f"{time.time() - t0:.1f} s)", flush=True)
+    except BaseException as err:
+        failed.write_text(f"rank 0 could not build the dataset cache: {err}")
+        raise

@@ -1,0 +1,180 @@
+"""Loading rows, from local files and folders or the hub, through ``datasets``; and what the cache
+key knows about them (``fingerprint_source``). Errors name the file and line to fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sftlib.data.registry import DatasetSpec
+from sftlib.utils import SFTError
+
+SPLIT_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
+
+
+def read_json_rows(path: str | os.PathLike, required=("prompt", "chosen")) -> list[dict]:
+    """Rows of a json-lines file or a json list; errors name the file and line to fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise SFTError(f"data file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SFTError(f"{path}:{e.lineno}: malformed json ({e.msg})") from None
+        numbered, where = list(enumerate(rows, start=1)), "row"
+    else:
+        numbered, where = [], "line"
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise SFTError(f"{path}:{lineno}: malformed json line ({e.msg})") from None
+    for n, row in numbered:
+        if not isinstance(row, dict):
+            raise SFTError(f"{path}:{n}: each {where} must be a json object")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise SFTError(f"{path}:{n}: {where} is missing {', '.join(repr(m) for m in missing)}")
+    if not numbered:
+        raise SFTError(f"{path}: the dataset is empty")
+    return [row for _, row in numbered]
+
+
+def _fast_json(path: Path, required):
+    """json lines parsed by Arrow's C++ reader; None whenever anything looks off (then the slow
+    reader runs and reports the exact line)."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    with open(path, "rb") as f:
+        if f.read(64).lstrip()[:1] in (b"[", b""):
+            return None
+    try:
+        table = pj.read_json(str(path), read_options=pj.ReadOptions(block_size=1 << 24))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError):
+        return None
+    if table.num_rows == 0 or any(k not in table.column_names or table.column(k).null_count for k in required):
+        return None
+    return datasets.Dataset(table)
+
+
+def _load_file(path: Path, spec: DatasetSpec):
+    """One local file as a ``datasets.Dataset``; json/jsonl are checked row by row first."""
+    import datasets
+
+    required = spec.required_keys()
+    if path.suffix in (".json", ".jsonl"):
+        fast = _fast_json(path, required)
+        if fast is not None:
+            return fast
+        rows = read_json_rows(path, required)  # slow, but names the file and line of any problem
+        try:
+            return datasets.Dataset.from_list(rows)
+        except Exception as err:  # arrow type clashes between rows
+            raise SFTError(f"{path}: rows disagree on a field's type ({str(err).splitlines()[0][:120]})") from None
+    kind = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}.get(path.suffix)
+    if kind is None:
+        raise SFTError(f"{path}: unsupported file type; use json, jsonl, parquet, csv or arrow")
+    ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    _check_columns(ds, required, str(path))
+    return ds
+
+
+def select_rows(ds, indices):
+    """``ds.select(indices)`` with a cheap fingerprint (``datasets`` would dill-hash the whole list)."""
+    indices = list(indices)
+    tag = hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes() + ds._fingerprint.encode()).hexdigest()
+    return ds.select(indices, new_fingerprint=tag[:32])
+
+
+def _check_columns(ds, required, where: str):
+    if len(ds) == 0:
+        raise SFTError(f"{where}: the dataset is empty")
+    missing = [k for k in required if k not in ds.column_names]
+    if missing:
+        raise SFTError(f"{where}: rows are missing {', '.join(repr(m) for m in missing)} "
+                       f"(columns: {', '.join(ds.column_names)})")
+
+
+def _split_file(folder: Path, split: str) -> Path | None:
+    for suffix in SPLIT_FILE_SUFFIXES:
+        for cand in (folder / f"{split}{suffix}", folder / "data" / f"{split}{suffix}"):
+            if cand.is_file():
+                return cand
+    found = sorted(folder.glob(f"{split}-*.parquet")) + sorted(folder.glob(f"data/{split}-*.parquet"))
+    return found[0] if found else None
+
+
+def load_local(spec: DatasetSpec, source: str) -> dict:
+    """{split: datasets.Dataset} from a file, a folder of split files, or a ``save_to_disk`` folder."""
+    import datasets
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise SFTError(f"data path {path} does not exist")
+    if path.is_file():
+        return {spec.train_split: _load_file(path, spec)}
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        loaded = datasets.load_from_disk(str(path))
+        splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {spec.train_split: loaded}
+        for split, ds in splits.items():
+            _check_columns(ds, spec.required_keys(), f"{path} ({split})")
+        return splits
+    out = {}
+    for split in [spec.train_split] + ([spec.eval_split] if spec.eval_split else []):
+        file = _split_file(path, split)
+        if file is None:
+            raise SFTError(f"data folder {path} has no {split}.json or {split}.jsonl "
+                           f"(also tried {', '.join(SPLIT_FILE_SUFFIXES[2:])}, data/{split}-*.parquet)")
+        out[split] = _load_file(file, spec)
+    return out
+
+
+def load_hub(spec: DatasetSpec) -> dict:
+    """{split: datasets.Dataset} through ``datasets.load_dataset(hub id)``; offline -> a clear error."""
+    import datasets
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        hint = "offline (HF_HUB_OFFLINE=1)"
+    else:
+        hint = "the hub could not be reached"
+    try:
+        loaded = datasets.load_dataset(spec.load_id, spec.hub_config)
+    except Exception as err:  # network, missing cache, removed dataset script...
+        raise SFTError(f"dataset {spec.name!r}: could not load {spec.load_id!r} ({hint}: {type(err).__name__}); "
+                       f"give a local copy: --data_path {spec.name}=/path/to/file_or_folder") from None
+    for split, ds in loaded.items():
+        _check_columns(ds, spec.required_keys(), f"{spec.load_id} ({split})")
+    return dict(loaded)
+
+
+def hash_file(h, path) -> None:
+    """Feed a file's bytes to the hash object ``h`` (1 MiB at a time)."""
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+
+
+def fingerprint_source(spec: DatasetSpec, source: str | None, splits: dict | None = None) -> str:
+    """What the cache key knows about the rows: every local file's bytes, or the hub fingerprint."""
+    h = hashlib.sha256(repr(dataclasses.astuple(spec)).encode())
+    if source is None:
+        for split in sorted(splits or {}):
+            h.update(f"{split}:{splits[split]._fingerprint}".encode())
+        return h.hexdigest()
+    path = Path(source).expanduser()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode())
+        hash_file(h, f)
+    return h.hexdigest()

@@ -1,0 +1,55 @@
+"""sftlib.data.build: blending several sets, sft-only sets, and a build asked for by a BuildRequest."""
+
+import torch
+
+from sftlib import data
+from tests.data.helpers import write_jsonl
+
+
+def word_rows(word, n):
+    return [{"prompt": f"\n\nHuman: {word} {k}?\n\nAssistant:", "chosen": f" {word}."} for k in range(n)]
+
+
+def word_sets(tmp_path, sizes):
+    for word, n in sizes:
+        write_jsonl(tmp_path / word / "train.jsonl", word_rows(word, n))
+        write_jsonl(tmp_path / word / "eval.jsonl", word_rows(word, 10))
+
+
+def test_blending_compat_is_by_size_and_weights_are_opt_in(tok, tmp_path):
+    word_sets(tmp_path, (("alpha", 300), ("beta", 100)))
+    paths = [f"local/json={tmp_path / 'alpha'}", f"local/json={tmp_path / 'beta'}"]
+
+    def betas(**kw):
+        train, _ = data.create_prompt_dataset(0, paths, "10,0,0", str(tmp_path / "c"), 1, 1, tok, 32,
+                                              end_of_conversation_token=tok.eos_token, **kw)
+        texts = [tok.decode(train[i]["input_ids"]) for i in range(len(train))]
+        return len(train), sum("beta" in t for t in texts), texts
+
+    n, b, texts = betas()
+    assert (n, b) == (400, 100), "compat: every row of each set, in proportion to size"
+    assert "beta" in "".join(texts[:40]), "then one seeded shuffle mixes the sets"
+    n, b, _ = betas(blend_weights=[1, 1])
+    assert (n, b) == (400, 200), "weights 1:1 draw half the rows from the small set (repeating it)"
+
+
+def test_sft_only_sets_skip_the_split_and_join_phase_1(tok, tmp_path):
+    word_sets(tmp_path, (("alpha", 100), ("beta", 30)))
+    train, evals = data.create_prompt_dataset(0, [str(tmp_path / "alpha")], "2,4,4", str(tmp_path / "c"), 1, 1, tok,
+                                              32, end_of_conversation_token=tok.eos_token,
+                                              sft_only_data_path=[str(tmp_path / "beta")])
+    assert len(train) == 20 + 30 and len(evals) == 2 + 10  # alpha's phase-1 part + all of beta
+    betas = sum("beta" in tok.decode(train[i]["input_ids"]) for i in range(len(train)))
+    assert betas == 30 and "beta" in "".join(tok.decode(train[i]["input_ids"]) for i in range(25))
+
+
+def test_build_request_builds_what_the_cache_holds(tok, tmp_path):
+    word_sets(tmp_path, (("alpha", 40),))
+    request = data.BuildRequest((str(tmp_path / "alpha"),), "2,4,4", str(tmp_path / "c"), 1, 3, 32, tok.eos_token)
+    train, evals, stats = data.build_prompt_datasets(request, tok)
+    assert (len(train), len(evals)) == (8, 2) and stats[f"{tmp_path / 'alpha'}:train"]["truncated"] == 0
+    assert not list((tmp_path / "c").glob("prompt_dataset_*")), "no cache: only the split index files"
+    cached, _ = data.create_prompt_dataset(0, [str(tmp_path / "alpha")], "2,4,4", str(tmp_path / "c"), 1, 3, tok, 32,
+                                           end_of_conversation_token=tok.eos_token)
+    assert len(cached) == len(train) and all(torch.equal(torch.tensor(ids), cached[i]["input_ids"][:len(ids)])
+                                             for i, ids in enumerate(train["input_ids"]))
