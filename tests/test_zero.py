@@ -1,62 +1,21 @@
-"""sftlib.zero: the gathered ZeRO-3 save, atomic under SIGKILL, and the memory planner vs DeepSpeed's."""
+"""sftlib.zero: the gathered ZeRO-3 save against DeepSpeed's own consolidations, on one and two ranks,
+and a save path that reads no environment variable."""
 
 import json
 import os
-import signal
+import sys
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+
+from sftlib import dist, zero
+from sftlib.lessons.whole_weights import compare_state_dicts, gather_whole_model
+from sftlib.utils import save_hf_format
 from tests.helpers import DEEPSPEED, run_cli
-
-from sftlib import zero
-
-# --------------------------------------------------------------------------------------------
-# Memory planner
-# --------------------------------------------------------------------------------------------
-
-
-def test_model_specs_count_the_published_sizes():
-    assert zero.model_spec("Llama-2-7B").params == 6_738_415_616
-    assert zero.model_spec("OPT-1.3B").params == 1_315_758_080
-    assert zero.model_spec("OPT-1.3B").largest_layer == 50272 * 2048  # the tied embedding
-
-
-@pytest.mark.parametrize("name", ["OPT-1.3B", "OPT-13B", "Llama-2-70B"])
-def test_planner_matches_deepspeed_estimators(name):
-    spec = zero.model_spec(name)
-    n, big = spec.params, spec.largest_layer
-    for gpus in (1, 8):
-        cases = [(2, False, False), (2, True, False), (3, True, False), (3, True, True)]
-        for stage, off_opt, off_par in cases:
-            ours = zero.plan_memory(n, gpus, stage, off_opt, off_par, largest_layer=big)["gpu_bytes"]
-            theirs = zero.deepspeed_estimate(n, gpus, stage, off_opt, off_par, big)
-            assert abs(ours / theirs - 1) < 0.05, (name, gpus, stage, off_opt, off_par, ours, theirs)
-        # ZeRO-3 without offload: DeepSpeed counts 18 bytes per parameter and GPU; we count the 16-bit
-        # weight partition (2) on top, and the fp32 gradient only one sub-group at a time.
-        ours = zero.plan_memory(n, gpus, 3, largest_layer=big)["gpu_bytes"]
-        theirs = zero.deepspeed_estimate(n, gpus, 3, largest_layer=big)
-        expected = 2 * n / gpus - 4 * (n / gpus - min(1e9, n / gpus))
-        assert ours - theirs == pytest.approx(expected, abs=2)
-        whole = zero.plan_memory(n, gpus, 3, largest_layer=big, sub_group_size=10**15)["gpu_bytes"]
-        assert whole - theirs == pytest.approx(2 * n / gpus, abs=2)
-
-
-def test_planner_stages_shrink_memory_in_order():
-    n = 10**9
-    per_gpu = [zero.plan_memory(n, 8, stage)["gpu_bytes"] for stage in (0, 1, 2, 3)]
-    assert per_gpu == sorted(per_gpu, reverse=True)
-    assert per_gpu[0] == 20 * n and per_gpu[3] == pytest.approx(20 * n / 8, abs=8)
-
-
-def test_gb_over_3_rule_holds_for_lora_and_not_for_full_finetuning():
-    opt13 = zero.model_spec("OPT-13B")
-    lora = zero.plan_recipe(opt13, "LoRA + ckpt, ZeRO-3", n_gpus=1)
-    full = zero.plan_recipe(opt13, "full, ZeRO-3", n_gpus=1)
-    assert zero.rule_of_thumb_billions(1, 48) >= opt13.params / 1e9  # the rule says 13B fits one 48 GB GPU
-    assert zero.fits(lora, 48) and not zero.fits(full, 48)  # true with LoRA only
-    # The rule's 3 bytes per parameter: 2 for the 16-bit frozen weights, about 1 for everything else.
-    assert 2.0 < lora["gpu_bytes"] / opt13.params < 3.0
-
 
 # --------------------------------------------------------------------------------------------
 # Gathering and saving
@@ -88,9 +47,8 @@ def test_zero3_one_rank_three_consolidations_agree(world, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sftlib.ds_config import get_train_ds_config
-    from sftlib.train import init_distributed
 
-    init_distributed()
+    dist.init_distributed()
     model = AutoModelForCausalLM.from_pretrained(world["opt"], dtype=torch.float32)
     reference = {k: v.clone() for k, v in model.state_dict().items()}
     config = get_train_ds_config(offload=False, dtype="fp32", stage=3)
@@ -101,7 +59,7 @@ def test_zero3_one_rank_three_consolidations_agree(world, tmp_path):
 
     out = tmp_path / "gathered"
     zero.save_zero_three_model(engine, 0, out, zero_stage=3, tokenizer=AutoTokenizer.from_pretrained(world["opt"]))
-    whole = zero.gather_whole_model(engine, 0)
+    whole = gather_whole_model(engine, 0)
     engine.save_checkpoint(tmp_path / "ckpt", tag="t")
     fp32 = zero.consolidate_zero_checkpoint(tmp_path / "ckpt", tag="t")
     tied = zero.tied_parameter_names(engine)
@@ -111,32 +69,80 @@ def test_zero3_one_rank_three_consolidations_agree(world, tmp_path):
     saved = {k: v for k, v in reloaded.state_dict().items()}
     assert set(saved) == set(reference)
     assert reloaded.lm_head.weight.data_ptr() == reloaded.model.decoder.embed_tokens.weight.data_ptr()
-    assert zero.compare_state_dicts(reference, saved) == 0.0
-    assert zero.compare_state_dicts(whole, reference) == 0.0
-    assert zero.compare_state_dicts(fp32, reference, tied) == 0.0
+    assert compare_state_dicts(reference, saved) == 0.0
+    assert compare_state_dicts(whole, reference) == 0.0
+    assert compare_state_dicts(fp32, reference, tied) == 0.0
     ids = reloaded.generate(torch.tensor([[2, 10, 11]]), max_new_tokens=4, do_sample=False)
     assert ids.shape == (1, 7)
 
 
-def test_sigkill_mid_save_leaves_previous_save_or_nothing(world, tmp_path):
-    from safetensors.torch import load_file
+class EnvironSpy(MutableMapping):
+    """An ``os.environ`` stand-in that records the file of every reader (``os.getenv`` and
+    ``Mapping.get`` are looked through to their caller)."""
 
-    prev, fresh = tmp_path / "prev", tmp_path / "fresh"
-    zero.resave(world["opt"], prev)
-    before = load_file(prev / "model.safetensors")
-    savers = [zero.start_paused_save(world["opt"], prev), zero.start_paused_save(world["opt"], fresh)]
+    _LOOK_THROUGH = (vars(os), MutableMapping.get.__globals__, globals())  # module namespaces
 
-    killed = zero.kill_when_paused(savers[0], prev)
-    assert killed["returncode"] == -signal.SIGKILL
-    assert len(killed["temp"]) == 1 and "model.safetensors" in killed["temp_files"], "killed with weights written"
-    after = load_file(prev / "model.safetensors")
-    assert zero.compare_state_dicts(before, after) == 0.0, "the previous save is intact"
-    assert json.loads((prev / "sftlib_save.json").read_text())["tensors"] == len(before)
+    def __init__(self, values: dict):
+        self.values, self.readers = dict(values), []
 
-    assert zero.kill_when_paused(savers[1], fresh)["returncode"] == -signal.SIGKILL
-    assert not fresh.exists(), "no half folder where nothing was saved before"
-    stale = os.path.basename(killed["temp"][0])
-    assert zero.remove_stale_temporaries(prev) == [stale] and not os.path.exists(killed["temp"][0])
+    def _read(self):
+        frame = sys._getframe(2)
+        while frame is not None and any(frame.f_globals is ns for ns in self._LOOK_THROUGH):
+            frame = frame.f_back
+        self.readers.append(frame.f_code.co_filename if frame is not None else "?")
+
+    def __getitem__(self, key):
+        self._read()
+        return self.values[key]
+
+    def __contains__(self, key):
+        self._read()
+        return key in self.values
+
+    def __iter__(self):
+        self._read()
+        return iter(list(self.values))
+
+    def __len__(self):
+        self._read()
+        return len(self.values)
+
+    def copy(self):
+        self._read()
+        return dict(self.values)
+
+    def __setitem__(self, key, value):
+        self.values[key] = value
+
+    def __delitem__(self, key):
+        del self.values[key]
+
+
+def test_save_path_reads_no_environment_variable(world, tmp_path, monkeypatch):
+    """Both saves run with ``os.environ`` spied on: no read comes from sftlib's code, and the old test
+    hooks (``SFTLIB_SAVE_PAUSE_S``, ``SFTLIB_ZERO_REPORT``) set to a 30 s pause and a report path do nothing."""
+    import deepspeed  # noqa: F401  (importing it reads settings; that is not the save's doing)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(world["opt"], dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(world["opt"])
+    report = tmp_path / "report.json"
+    spy = EnvironSpy(dict(os.environ, SFTLIB_SAVE_PAUSE_S="30", SFTLIB_ZERO_REPORT=str(report)))
+    sftlib_dir = str(Path(zero.__file__).parent) + os.sep
+    monkeypatch.setattr(os, "environ", spy)
+
+    dist.local_rank()  # a library function that does read one: the spy must see it
+    assert [r for r in spy.readers if r.startswith(sftlib_dir)] == [dist.__file__], spy.readers
+    spy.readers.clear()
+    t0 = time.time()
+    zero.save_zero_three_model(model, 0, tmp_path / "zero3", zero_stage=0, tokenizer=tokenizer)
+    save_hf_format(model, tokenizer, SimpleNamespace(output_dir=str(tmp_path / "hf")))
+    seconds = time.time() - t0
+    monkeypatch.undo()
+
+    assert [r for r in spy.readers if r.startswith(sftlib_dir)] == []
+    assert seconds < 30 and not report.exists(), "no pause, no report"
+    assert (tmp_path / "zero3" / "model.safetensors").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,24 +162,26 @@ def train_args(world, out, batch, cache):
 
 @pytest.mark.slow
 def test_zero0_one_rank_equals_zero3_two_ranks(world, tmp_path):
+    """sftlib.train under ZeRO-3 on two ranks, launched through the lesson that also records what each
+    rank held just before the save (``sftlib.lessons.zero_ranks --train-report``)."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from sftlib.train import main
 
     report = tmp_path / "partitions.json"
-    proc = run_cli([DEEPSPEED, "--num_gpus", "2", "--master_port", "29673", "--module", "sftlib.train",
-                    *train_args(world, tmp_path / "z3", 4, tmp_path / "cache3"), "--zero_stage", "3"],
-                   env_extra={zero.REPORT_ENV: str(report)})
+    proc = run_cli([DEEPSPEED, "--num_gpus", "2", "--master_port", str(dist.free_port()),
+                    "--module", "sftlib.lessons.zero_ranks", "--train-report", str(report),
+                    *train_args(world, tmp_path / "z3", 4, tmp_path / "cache3"), "--zero_stage", "3"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     history = main(train_args(world, tmp_path / "z0", 8, tmp_path / "cache0") + ["--zero_stage", "0"])
     assert len(history["step"]) >= 24, "a few dozen optimizer steps"
 
     z0, z3 = load_file(tmp_path / "z0" / "model.safetensors"), load_file(tmp_path / "z3" / "model.safetensors")
     assert set(z0) == set(z3)
-    assert zero.compare_state_dicts(z0, z3) < 1e-4
+    assert compare_state_dicts(z0, z3) < 1e-4
     base = load_file(world["opt"] / "model.safetensors")
-    assert zero.compare_state_dicts(base, z0) > 1e-3, "training moved the weights (10x more than the runs differ)"
+    assert compare_state_dicts(base, z0) > 1e-3, "training moved the weights (10x more than the runs differ)"
 
     ranks = json.loads(report.read_text())["ranks"]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "z3")
