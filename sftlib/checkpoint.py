@@ -35,14 +35,24 @@ def default_dir(args) -> str | None:
 
 
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python's, numpy's and torch's CPU generators, plus every CUDA device's when CUDA is present
+    (dropout on a GPU draws from the device's generator, not the CPU one)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def restore_rng(state: dict) -> None:
-    """Put Python's, numpy's and torch's generators back where they were at the checkpoint."""
+    """Put the generators back where they were at the checkpoint (CUDA's too, when it saved them)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        if not torch.cuda.is_available() or torch.cuda.device_count() != len(state["cuda"]):
+            raise SFTError(f"the checkpoint holds the RNG states of {len(state['cuda'])} CUDA devices; this "
+                           "process sees a different number: resume on the same GPUs for an exact resume")
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def meta_of(args, world_size: int) -> dict:

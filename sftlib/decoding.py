@@ -57,12 +57,12 @@ def diverse_beam_search(model, input_ids: torch.Tensor, num_beams: int = 4, num_
             logp = F.log_softmax(model(torch.stack([b[0] for b in beams])).logits[:, -1].float(), dim=-1)
             for token, count in chosen.items():
                 logp[:, token] -= diversity_penalty * count
-            scores = torch.tensor([b[1] for b in beams])[:, None] + logp
+            scores = torch.tensor([b[1] for b in beams], device=logp.device)[:, None] + logp
             top = scores.view(-1).topk(min(per_group * 2, scores.numel()))
             keep = []
             for value, flat in zip(top.values.tolist(), top.indices.tolist()):
                 beam, token = divmod(flat, logp.shape[1])
-                seq = torch.cat([beams[beam][0], torch.tensor([token])])
+                seq = torch.cat([beams[beam][0], torch.tensor([token], device=input_ids.device)])
                 if eos_token_id is not None and token == eos_token_id:
                     finished.append((seq, value / (len(seq) - prompt_len)))
                 else:

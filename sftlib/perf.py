@@ -8,6 +8,12 @@ come from ``model.config`` under any of the usual names, and every term is count
 
     per token, forward:  L * (2*h*(2h + 2*kv) + 2*m*h*f + 4*s*h) + 2*h*V
     per token, train:    3 * forward (+1 forward of the layers with gradient checkpointing)
+                         - forward of every frozen weight matrix (no weight-gradient matmul)
+                         + 3 (or 4) * LoRA's two low-rank matmuls, which do train
+
+A frozen matrix's backward is one matmul (the input's gradient) instead of two, so with
+``--only_optimize_lora`` the count read from the model (``trainable_flops``) is up to ~1.5x
+lower than the dense formula's.
 
 With ``kv = h``, ``f = 4h`` and ``m = 2`` (GPT/OPT blocks) and recompute this is exactly Megatron's
 ``96 B s L h^2 (1 + s/(6h) + V/(16 L h))``. Explained in notebooks/06_hybrid_engine_and_logs.ipynb.
@@ -80,12 +86,48 @@ def forward_flops_per_token(dims: ModelDims, seq_len: int) -> float:
     return dims.layers * (attention_proj + mlp + attention_scores) + 2 * h * dims.vocab
 
 
-def train_flops(model_or_config, batch_size: int, seq_len: int, gradient_checkpointing: bool = False) -> float:
-    """FLOPs one device does for one micro batch of ``batch_size`` x ``seq_len`` (padded) tokens."""
+@dataclass(frozen=True)
+class Trainable:
+    """Per-token forward FLOPs of frozen weight matrices and of LoRA's low-rank matmuls."""
+
+    frozen: float = 0.0
+    lora: float = 0.0
+
+
+def trainable_flops(model) -> Trainable:
+    """Walk a model (or engine): every matmul weight (``nn.Linear``, GPT-2's ``Conv1D``, sftlib's LoRA
+    layer) whose weight takes no gradient, and every unfused LoRA pair. Full shapes under ZeRO-3."""
+    from sftlib.dist import unwrap
+
+    frozen = lora = 0.0
+    for module in unwrap(model).modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.nn.Parameter) or isinstance(module, (torch.nn.Embedding,
+                                                                             torch.nn.LayerNorm)):
+            continue
+        shape = tuple(getattr(weight, "ds_shape", weight.shape))
+        if len(shape) == 2 and not weight.requires_grad:
+            frozen += 2.0 * shape[0] * shape[1]
+        right = getattr(module, "lora_right_weight", None)
+        if right is not None and not getattr(module, "fuse_lora", False):
+            (columns, rank), rows = tuple(getattr(right, "ds_shape", right.shape)), \
+                tuple(getattr(module.lora_left_weight, "ds_shape", module.lora_left_weight.shape))[1]
+            lora += 2.0 * rank * (columns + rows)
+    return Trainable(frozen, lora)
+
+
+def train_flops(model_or_config, batch_size: int, seq_len: int, gradient_checkpointing: bool = False,
+                trainable: Trainable | None = None) -> float:
+    """FLOPs one device does for one micro batch of ``batch_size`` x ``seq_len`` (padded) tokens.
+
+    ``trainable`` (from ``trainable_flops``): frozen matrices skip their weight-gradient matmul,
+    LoRA's matmuls are added (forward, two backward, and the recompute with checkpointing)."""
     dims = model_or_config if isinstance(model_or_config, ModelDims) else model_dims(model_or_config)
     per_token = 3 * forward_flops_per_token(dims, seq_len)
     if gradient_checkpointing:  # the layers run forward twice; the LM head does not
         per_token += forward_flops_per_token(dims, seq_len) - 2 * dims.hidden * dims.vocab
+    if trainable is not None:
+        per_token += (4 if gradient_checkpointing else 3) * trainable.lora - trainable.frozen
     return float(batch_size * seq_len * per_token)
 
 
@@ -129,6 +171,8 @@ class StepMeter:
 
     def __init__(self, model_or_config, gradient_checkpointing: bool = False, world_size: int = 1):
         self.dims = model_or_config if isinstance(model_or_config, ModelDims) else model_dims(model_or_config)
+        is_model = isinstance(getattr(model_or_config, "module", model_or_config), torch.nn.Module)
+        self.trainable = trainable_flops(model_or_config) if is_model else None  # LoRA / frozen weights
         self.checkpointing = gradient_checkpointing
         self.world_size = world_size
         self.reset()
@@ -143,7 +187,7 @@ class StepMeter:
         packed = "position_ids" in batch and (mask is None or mask.dim() == 4)
         self.samples += packed_samples(batch) if packed else b
         self.tokens += b * s  # padded tokens: what the device computes on (the model may rewrite the mask)
-        self.flops += train_flops(self.dims, b, s, self.checkpointing)
+        self.flops += train_flops(self.dims, b, s, self.checkpointing, self.trainable)
 
     def report(self) -> dict:
         """Rates since the last report (samples/s and tokens/s for all ranks, TFLOPs per device); resets."""

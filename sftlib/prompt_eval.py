@@ -40,13 +40,30 @@ PROMPTS = {
 STRATEGIES = ("greedy", "beam", "multinomial", "diverse_beam", "contrastive")
 
 
-def load_model(path: str):
-    """A saved or hub model and its tokenizer, in eval mode, with left padding for batches."""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def device_and_dtype(dtype: str = "fp32") -> tuple[torch.device, torch.dtype]:
+    """Where and in what precision to load: the accelerator (``sftlib.dist.accelerator_name``) in
+    ``dtype``; on a CPU fp32 only (the original always loaded fp32 on the CPU)."""
+    from sftlib.dist import accelerator_name, local_rank
+
+    name = accelerator_name()
+    if name == "cpu":
+        if dtype != "fp32":
+            raise SFTError(f"--dtype {dtype} on a CPU: half-precision generation is slow or unsupported there; "
+                           "use --dtype fp32 (or run on a GPU)")
+        return torch.device("cpu"), torch.float32
+    return torch.device(name, local_rank() if name == "cuda" else 0), DTYPES[dtype]
+
+
+def load_model(path: str, device="cpu", dtype=torch.float32):
+    """A saved or hub model and its tokenizer, on ``device`` in ``dtype``, in eval mode, left-padded for batches."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map={"": torch.device(device)})
     except OSError as err:
         raise SFTError(f"cannot load model {path!r}: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
@@ -87,7 +104,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 100, ba
     out = []
     if strategy in ("diverse_beam", "contrastive"):
         for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
             if strategy == "contrastive":
                 seqs = [decoding.contrastive_search(model, ids, max_new_tokens=max_new_tokens,
                                                     eos_token_id=tokenizer.eos_token_id, **kwargs)[0]]
@@ -97,7 +114,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 100, ba
             out += [tokenizer.decode(s[ids.shape[1]:], skip_special_tokens=True) for s in seqs]
         return out
     for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True)
+        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True).to(model.device)
         ids = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id, **kwargs)
         out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -153,6 +170,8 @@ def parse_args(argv=None):
     p.add_argument("--num_return_sequences", type=int, default=1)
     p.add_argument("--max_new_tokens", type=int, default=100)
     p.add_argument("--language", type=str, default="English", choices=sorted(PROMPTS))
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                   help="precision on the accelerator (the original: fp32); a CPU runs fp32 only")
     p.add_argument("--eval_file", type=str, default=None,
                    help="json-lines rows (prompt, chosen): also print both exact-match scores")
     return p.parse_args(argv)
@@ -160,9 +179,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    model_baseline, tokenizer = load_model(args.model_name_or_path_baseline)
-    model_fintuned, _ = load_model(args.model_name_or_path_finetune)
-    prompt_eval(args, model_baseline, model_fintuned, tokenizer, "cpu", PROMPTS[args.language])
+    device, dtype = device_and_dtype(args.dtype)
+    model_baseline, tokenizer = load_model(args.model_name_or_path_baseline, device, dtype)
+    model_fintuned, _ = load_model(args.model_name_or_path_finetune, device, dtype)
+    if device.type != "cpu":  # the original printed nothing here; on a GPU, say where the models went
+        print(f"models on {device} in {args.dtype}")
+    prompt_eval(args, model_baseline, model_fintuned, tokenizer, device, PROMPTS[args.language])
     if args.eval_file:
         from sftlib.data import read_json_rows
 

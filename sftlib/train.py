@@ -22,118 +22,20 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import time
 
 import torch
 import torch.distributed as dist
 
-from sftlib import checkpoint, collate, lora, utils
+from sftlib import checkpoint, cli, collate, lora, utils
 from sftlib import model as model_utils
+from sftlib.arguments import output_children, parse_args, validate_args
 from sftlib.constants import IGNORE_INDEX
-from sftlib.dist import accelerator_name, device_for_rank, init_distributed, local_rank
+from sftlib.data.messages import load_chat_template
+from sftlib.dist import accelerator_name, all_ranks, device_for_rank, init_distributed, local_rank
 from sftlib.history import History, Reporter
-from sftlib.utils import SFTError, check_writable, print_rank_0
-
-DTYPES = ("fp16", "bf16", "fp32")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    """DeepSpeed-Chat's step-1 arguments, with their defaults, plus DeepSpeed's own."""
-    import deepspeed
-
-    p = argparse.ArgumentParser(description="Finetune a transformers model on a causal language modeling task")
-    p.add_argument("--data_path", nargs="*", default=["Dahoas/rm-static"],
-                   help="datasets, blended; a local folder with train.json/eval.json works offline")
-    p.add_argument("--data_split", type=str, default="2,4,4",
-                   help="proportions of each dataset for phases 1/2/3; SFT uses the first part")
-    p.add_argument("--sft_only_data_path", nargs="*", default=[], help="single-response sets, phase 1 only")
-    p.add_argument("--data_output_path", type=str, default="/tmp/data_files/",
-                   help="cache of split indices and tokenized sets; must be node-local")
-    p.add_argument("--model_name_or_path", type=str, required=True, help="hub id or local model folder")
-    p.add_argument("--per_device_train_batch_size", type=int, default=16)
-    p.add_argument("--per_device_eval_batch_size", type=int, default=16)
-    p.add_argument("--max_seq_len", type=int, default=512, help="pad-to and truncate-at length")
-    p.add_argument("--learning_rate", type=float, default=1e-3)
-    p.add_argument("--weight_decay", type=float, default=0.0)
-    p.add_argument("--num_train_epochs", type=int, default=1)
-    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    p.add_argument("--lr_scheduler_type", type=str, default="cosine",
-                   choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                            "constant_with_warmup"])
-    p.add_argument("--num_warmup_steps", type=int, default=0)
-    p.add_argument("--output_dir", type=str, default=None, help="where to save; nothing is saved when unset")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--local_rank", type=int, default=-1, help="set by the launcher")
-    p.add_argument("--gradient_checkpointing", action="store_true")
-    p.add_argument("--dropout", type=float, default=None, help="overrides every dropout key of the config")
-    p.add_argument("--offload", action="store_true", help="ZeRO offload to CPU (DeepSpeedCPUAdam)")
-    p.add_argument("--dtype", type=str, default="fp16", choices=DTYPES,
-                   help="fp16 or bf16 as in DeepSpeed-Chat; fp32 added for CPUs")
-    p.add_argument("--zero_stage", type=int, default=0)
-    p.add_argument("--lora_dim", type=int, default=0, help="LoRA rank; > 0 enables LoRA")
-    p.add_argument("--lora_module_name", type=str, default="decoder.layers.")
-    p.add_argument("--only_optimize_lora", action="store_true")
-    p.add_argument("--lora_learning_rate", type=float, default=5e-4)
-    p.add_argument("--compute_fp32_loss", action="store_true")
-    p.add_argument("--enable_tensorboard", action="store_true")
-    p.add_argument("--tensorboard_path", type=str, default="step1_tensorboard")
-    p.add_argument("--add_eot_token", action="store_true")
-    p.add_argument("--eot_token", type=str, default="<|endoftext|>")
-    p.add_argument("--print_loss", action="store_true", help="every rank prints its micro-step loss")
-    p.add_argument("--deepspeed_log_level", type=str, default=None, choices=["debug", "info", "warning", "error"],
-                   help="info brings back DeepSpeed's step= and throughput lines (2023 releases printed them)")
-    # sftlib additions (off by default, so a plain run behaves like the original)
-    p.add_argument("--reshuffle_each_epoch", action="store_true",
-                   help="call sampler.set_epoch so each epoch sees a new order (the original repeats one order)")
-    p.add_argument("--save_steps", type=int, default=0, help="write a DeepSpeed checkpoint every N optimizer steps")
-    p.add_argument("--save_total_limit", type=int, default=None, help="keep only the newest N checkpoints")
-    p.add_argument("--checkpoint_dir", type=str, default=None, help="default: <output_dir>_checkpoints")
-    p.add_argument("--resume_from_checkpoint", type=str, default=None,
-                   help="a checkpoint folder (newest complete step) or one global_stepN inside it")
-    p.add_argument("--mask_prompt", action="store_true",
-                   help="loss on the response only (the original also trains on the prompt)")
-    p.add_argument("--dynamic_padding", action="store_true",
-                   help="pad each batch to its longest sample (a multiple of 8), not to --max_seq_len")
-    p.add_argument("--packing", action="store_true",
-                   help="pack several samples per --max_seq_len row; attention stays within each sample")
-    p.add_argument("--data_weights", type=float, nargs="*", default=None,
-                   help="blend --data_path sets by these weights (default: in proportion to their sizes)")
-    p = deepspeed.add_config_arguments(p)
-    return p.parse_args(argv)
-
-
-def validate_args(args) -> None:
-    """Everything that can be checked before any work; each failure is one line naming the fix."""
-    if args.dtype == "fp16" and accelerator_name() == "cpu":
-        raise SFTError("--dtype fp16 does not exist on a CPU (DeepSpeed refuses it); "
-                       "use --dtype fp32 (bf16 works but is ~13x slower on AVX2 CPUs)")
-    if args.num_train_epochs <= 0:
-        raise SFTError(f"--num_train_epochs must be at least 1 (got {args.num_train_epochs})")
-    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        if getattr(args, flag) <= 0:
-            raise SFTError(f"--{flag} must be a positive integer (got {getattr(args, flag)})")
-    if args.save_steps and args.save_steps > 0 and not (args.output_dir or args.checkpoint_dir):
-        raise SFTError("--save_steps needs --output_dir or --checkpoint_dir to know where checkpoints go")
-    if args.resume_from_checkpoint and not os.path.exists(args.resume_from_checkpoint):
-        raise SFTError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such folder")
-    if getattr(args, "deepspeed_config", None):
-        raise SFTError("--deepspeed_config is not read: like DeepSpeed-Chat, sftlib builds the DeepSpeed config from "
-                       "its own flags (train_batch_size = per_device_train_batch_size x gradient_accumulation_steps "
-                       "x world size, so it always divides); pass those flags instead")
-    if args.only_optimize_lora and args.lora_dim <= 0:
-        raise SFTError("--only_optimize_lora needs --lora_dim > 0, otherwise nothing would train")
-    name = str(args.model_name_or_path)
-    if not os.path.isdir(name) and (os.path.exists(name) or not HUB_ID.match(name)):
-        raise SFTError(f"--model_name_or_path {name}: no such model folder")
-    for path in list(args.data_path) + list(args.sft_only_data_path):
-        if not os.path.exists(path) and (os.sep in path.strip("/") and path.startswith((".", "/", "~"))):
-            raise SFTError(f"--data_path {path}: no such file or folder")
-    if args.output_dir is not None:
-        check_writable(args.output_dir)
-
+from sftlib.utils import SFTError, print_rank_0
 
 # --------------------------------------------------------------------------------------------
 # The steps of main(), in the order it runs them
@@ -167,6 +69,8 @@ def build_model(args, ds_config: dict):
     extra_tokens = args.eot_token if args.add_eot_token else None
     tokenizer = model_utils.load_hf_tokenizer(args.model_name_or_path, fast_tokenizer=True,
                                               add_special_tokens=extra_tokens)
+    if args.chat_template:  # messages data: render chats with this template (saved with the tokenizer)
+        load_chat_template(tokenizer, args.chat_template)
     model = model_utils.create_hf_model(AutoModelForCausalLM, args.model_name_or_path, tokenizer,
                                         ds_config, dropout=args.dropout)
     if args.compute_fp32_loss:
@@ -180,29 +84,38 @@ def build_model(args, ds_config: dict):
 
 
 def build_dataloaders(args, tokenizer):
-    """Phase-1 train and eval dataloaders: each rank reads its share through a ``DistributedSampler``."""
+    """Phase-1 train and eval dataloaders: each rank reads its share through a ``DistributedSampler``
+    (torch's defaults, as DeepSpeed-Chat; ``--seeded_sampler`` seeds training and leaves eval unshuffled)."""
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
     from sftlib.data import create_prompt_dataset
 
+    run_id = all_ranks(f"{os.getpid()}-{time.time_ns()}")[0]  # ties a cache builder's failure to this job
     train_dataset, eval_dataset = create_prompt_dataset(
         args.local_rank, args.data_path, args.data_split, args.data_output_path, 1, args.seed, tokenizer,
-        args.max_seq_len, end_of_conversation_token=tokenizer.eos_token,
-        sft_only_data_path=args.sft_only_data_path, blend_weights=args.data_weights or None,
-        mask_prompt=args.mask_prompt, pad_to_max_len=not (args.dynamic_padding or args.packing))
+        args.max_seq_len, end_of_conversation_token=tokenizer.eos_token, sft_only_data_path=args.sft_only_data_path,
+        blend_weights=args.data_weights or None, mask_prompt=args.mask_prompt, train_on_padding=args.labels_2023,
+        pad_to_max_len=not (args.dynamic_padding or args.packing), wait_timeout=args.data_cache_timeout, run_id=run_id)
     if len(train_dataset) == 0:
         raise SFTError(f"the training set is empty after --data_split {args.data_split}; give phase 1 a share")
     batching = "packing" if args.packing else "dynamic" if args.dynamic_padding else "compat"
-    if args.packing:  # several samples per row; eval stays unpacked (dynamic padding)
+    if args.packing:  # several samples per row, laid out as the model's attention allows; eval stays unpacked
         train_dataset = collate.PackedDataset(train_dataset, args.max_seq_len)
+        args.packing = collate.packing_mode(args.packing, model_utils.load_config(args.model_name_or_path))
+    if args.seeded_sampler:  # sftlib's opt-in: the train order follows --seed, eval in file order
+        train_sampler, eval_sampler = DistributedSampler(train_dataset, seed=args.seed), \
+            DistributedSampler(eval_dataset, shuffle=False)
+    else:  # DeepSpeed-Chat's: torch's defaults (seed 0, both shuffled)
+        train_sampler, eval_sampler = DistributedSampler(train_dataset), DistributedSampler(eval_dataset)
     mask_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype, torch.float32)  # packing's mask
     train_dataloader = DataLoader(train_dataset, batch_size=args.per_device_train_batch_size,
-                                  collate_fn=collate.make_collator(batching, tokenizer.pad_token_id, dtype=mask_dtype),
-                                  sampler=DistributedSampler(train_dataset, seed=args.seed))
+                                  collate_fn=collate.make_collator(batching, tokenizer.pad_token_id, dtype=mask_dtype,
+                                                                   packing=args.packing or "mask"),
+                                  sampler=train_sampler)
     eval_collate = collate.make_collator("dynamic" if batching != "compat" else "compat", tokenizer.pad_token_id)
     eval_dataloader = DataLoader(eval_dataset, batch_size=args.per_device_eval_batch_size, collate_fn=eval_collate,
-                                 sampler=DistributedSampler(eval_dataset, shuffle=False))
+                                 sampler=eval_sampler)
     return train_dataloader, eval_dataloader
 
 
@@ -283,9 +196,12 @@ def resume(args, engine) -> tuple[History, int, int, dict]:
 
 
 def train_one_epoch(args, engine, lr_scheduler, train_dataloader, device, reporter: Reporter, epoch: int,
-                    first: int = 0, rng_state: dict | None = None) -> None:
+                    first: int = 0, rng_state: dict | None = None, carry: dict | None = None) -> None:
     """Forward, ``engine.backward``, ``engine.step`` per micro batch; a log line (and maybe a checkpoint)
-    per optimizer step. ``first`` micro batches are skipped and ``rng_state`` restored when resuming."""
+    per optimizer step, at DeepSpeed's own accumulation boundaries, which run on across epochs (with a
+    batch count that is not a multiple of --gradient_accumulation_steps, a step spans two epochs;
+    ``carry`` holds its loss and tokens from one call to the next). ``first`` micro batches are
+    skipped and ``rng_state`` restored when resuming."""
     from tqdm.auto import tqdm
 
     from sftlib.perf import StepMeter
@@ -302,7 +218,8 @@ def train_one_epoch(args, engine, lr_scheduler, train_dataloader, device, report
         checkpoint.restore_rng(rng_state)
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.num_train_epochs}", initial=first, total=len(train_dataloader),
                disable=rank != 0, leave=False, file=sys.stdout)
-    acc_loss, acc_tokens, t0 = 0.0, 0, time.time()
+    carry = carry if carry is not None else {}
+    acc_loss, acc_tokens, t0 = carry.get("loss", 0.0), carry.get("tokens", 0), carry.get("t0", time.time())
     meter = StepMeter(engine, args.gradient_checkpointing, world)  # samples/s and TFLOPs per device
     for step, batch in enumerate(bar, start=first):
         batch = utils.to_device(batch, device)
@@ -311,11 +228,13 @@ def train_one_epoch(args, engine, lr_scheduler, train_dataloader, device, report
         if args.print_loss:
             print(f"Epoch: {epoch}, Step: {step}, Rank: {rank}, loss = {loss}", flush=True)
         engine.backward(loss)
+        boundary = engine.is_gradient_accumulation_boundary()  # asked before step(), which counts the micro step
         engine.step()
         acc_loss += loss.item() / args.gradient_accumulation_steps
         acc_tokens += n_tokens
         meter.add(batch)  # StepMeter counts packed rows' samples from their position_ids
-        if (step + 1) % args.gradient_accumulation_steps:
+        carry.update(loss=acc_loss, tokens=acc_tokens, t0=t0)
+        if not boundary:
             continue
         # the collective's tensor lives on the engine's device: NCCL refuses CPU tensors
         stats = utils.get_all_reduce_mean(torch.tensor([acc_loss, acc_tokens], dtype=torch.float64, device=device))
@@ -325,6 +244,7 @@ def train_one_epoch(args, engine, lr_scheduler, train_dataloader, device, report
         if args.save_steps > 0 and engine.global_steps % args.save_steps == 0:
             save_checkpoint(args, engine, epoch, step + 1, reporter.history)
         acc_loss, acc_tokens, t0 = 0.0, 0, time.time()
+        carry.update(loss=acc_loss, tokens=acc_tokens, t0=t0)
 
 
 def save_checkpoint(args, engine, epoch: int, step_in_epoch: int, history: History) -> None:
@@ -336,53 +256,78 @@ def save_checkpoint(args, engine, epoch: int, step_in_epoch: int, history: Histo
 
 
 def save_model(args, engine, tokenizer, history: History) -> None:
-    """LoRA fused into the weights, then one Hugging Face folder (gathered from every rank under ZeRO-3)."""
+    """LoRA fused into the weights, then one Hugging Face folder (gathered from every rank under ZeRO-3).
+
+    Log and checkpoint folders of this run inside ``--output_dir`` stay as they are, the model files
+    beside them. If the save fails anyway (a full disk, a folder changed during training), the
+    weights go to a rescue folder beside it and the error says where."""
+    print_rank_0("saving the final model ...")
+    engine = lora.convert_lora_to_linear_layer(engine)
+    history.output_dir = args.output_dir
+    problem = _save_to(args, engine, tokenizer, history, args.output_dir, output_children(args))
+    failure = next((p for p in all_ranks(problem) if p), None)
+    if failure is not None:
+        rescue = all_ranks(str(utils.rescue_dir(args.output_dir)))[0]
+        history.output_dir = rescue
+        again = next((p for p in all_ranks(_save_to(args, engine, tokenizer, history, rescue)) if p), None)
+        where = f"the trained weights are in {rescue}" if again is None else f"the rescue save failed too ({again})"
+        err = SFTError(f"the final save to {args.output_dir} failed ({failure}); {where}")
+        err.everywhere, err.quiet = True, dist.get_rank() != 0
+        raise err
+    print_rank_0(f"saved to {args.output_dir}")
+
+
+def _save_to(args, engine, tokenizer, history: History, folder, allow=()) -> str | None:
+    """Every rank calls this; rank 0 writes. Returns why the save failed, or None."""
     from sftlib.zero import save_zero_three_model
 
-    print_rank_0("saving the final model ...")
     rank = dist.get_rank()
-    engine = lora.convert_lora_to_linear_layer(engine)
-    if args.zero_stage == 3:
-        save_zero_three_model(engine, rank, args.output_dir, zero_stage=3, tokenizer=tokenizer)
-    elif rank == 0:
-        utils.save_hf_format(engine, tokenizer, args)
-    history.output_dir = args.output_dir
-    if rank == 0:
-        with open(os.path.join(args.output_dir, "training_history.json"), "w") as f:
-            json.dump(history.to_dict(), f, indent=1)
-    dist.barrier()  # every rank returns only once the saved folder is complete
-    print_rank_0(f"saved to {args.output_dir}")
+    try:
+        if args.zero_stage == 3:
+            save_zero_three_model(engine, rank, folder, zero_stage=3, tokenizer=tokenizer, allow=allow)
+        elif rank == 0:
+            utils.save_hf_format(engine, tokenizer, argparse.Namespace(output_dir=folder), allow=allow)
+        if rank == 0:
+            with open(os.path.join(folder, "training_history.json"), "w") as f:
+                json.dump(history.to_dict(), f, indent=1)
+    except Exception as err:  # whatever stops the save, the weights must still reach a disk
+        return str(err) if isinstance(err, SFTError) else f"{type(err).__name__}: {err}"
+    finally:
+        dist.barrier()  # every rank returns only once the saved folder is complete
+    return None
 
 
 def main(args=None) -> History:
     """Run step 1 and return its history (losses, learning rates, perplexities, output folder)."""
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
-    validate_args(args)
+    invalid = cli.attempt(lambda: validate_args(args))  # every rank checks alone, before any work
     device = setup_distributed(args)
+    cli.agree(invalid)  # then all ranks stop together if any rank's input is bad
     t_start = time.time()
     ds_config = build_ds_config(args)
     utils.set_random_seed(args.seed)
     dist.barrier()
 
     tokenizer, model = build_model(args, ds_config)
-    train_dataloader, eval_dataloader = build_dataloaders(args, tokenizer)
+    train_dataloader, eval_dataloader = cli.on_every_rank(lambda: build_dataloaders(args, tokenizer))
     engine, lr_scheduler = build_engine(args, model, ds_config, train_dataloader)
 
     history = History(world_size=dist.get_world_size(), train_samples=len(train_dataloader.dataset),
                       eval_samples=len(eval_dataloader.dataset))
     start_epoch, first, rng_state = 0, 0, None
     if args.resume_from_checkpoint:
-        history, start_epoch, first, rng_state = resume(args, engine)
+        history, start_epoch, first, rng_state = cli.on_every_rank(lambda: resume(args, engine))
     reporter = Reporter(history, dist.get_rank(), args.tensorboard_path if args.enable_tensorboard else None)
 
     print_rank_0("***** Running training *****")
     if not args.resume_from_checkpoint:
         evaluate(args, engine, eval_dataloader, device, reporter, epoch=0)
+    carry = {}  # an optimizer step's loss and tokens, when it spans two epochs
     for epoch in range(start_epoch, args.num_train_epochs):
         resuming = epoch == start_epoch
         train_one_epoch(args, engine, lr_scheduler, train_dataloader, device, reporter, epoch,
-                        first=first if resuming else 0, rng_state=rng_state if resuming else None)
+                        first=first if resuming else 0, rng_state=rng_state if resuming else None, carry=carry)
         evaluate(args, engine, eval_dataloader, device, reporter, epoch=epoch + 1)
         engine.tput_timer.update_epoch_count()
     reporter.close()
@@ -394,6 +339,4 @@ def main(args=None) -> History:
 
 
 if __name__ == "__main__":
-    from sftlib.cli import run
-
-    run(main)
+    cli.run(main)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,16 @@ from sftlib.dist import is_rank_0, unwrap
 
 
 class SFTError(Exception):
-    """A problem with the user's input; command lines print it as one line and exit 2."""
+    """A problem with the user's input; command lines print it as one line and exit 2.
+
+    Under several ranks ``sftlib.cli`` decides who prints it: ``rank`` names the one rank that hit it
+    (``error: [rank 1] ...``), ``everywhere`` means every rank did (printed once, plainly), and
+    ``quiet`` means another rank reports it.
+    """
+
+    rank: int | None = None
+    everywhere: bool = False
+    quiet: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,25 +200,28 @@ def is_previous_save(path) -> bool:
         (path / "config.json").is_file() and any((path / w).is_file() for w in WEIGHT_FILES))
 
 
-def check_output_dir(path) -> None:
+def check_output_dir(path, allow=()) -> None:
     """Refuse to replace a non-empty folder that is not a previous save (an HF model folder).
 
-    Explained in notebooks/02_utility_functions.ipynb.
+    ``allow``: names inside the folder that the caller's own run writes (its TensorBoard logs, its
+    checkpoints); they are tolerated and never touched. Explained in notebooks/02_utility_functions.ipynb.
     """
     path = Path(path)
     if path.is_file():
         raise SFTError(f"output dir {path} is a file; pass a folder")
-    if path.is_dir() and any(path.iterdir()) and not is_previous_save(path):
-        raise SFTError(f"output dir {path} is not empty and is not a previous save; "
-                       "choose an empty or new folder")
+    if path.is_dir() and not is_previous_save(path):
+        other = sorted(p.name for p in path.iterdir() if p.name not in set(allow) and not p.name.startswith(".sftlib-"))
+        if other:
+            raise SFTError(f"output dir {path} is not empty and is not a previous save (it holds {other[0]}); "
+                           "choose an empty or new folder")
 
 
-def check_writable(path) -> None:
+def check_writable(path, allow=()) -> None:
     """Fail early, before any training, when ``path`` cannot be created or written."""
     import tempfile
 
     path = Path(path).absolute()
-    check_output_dir(path)
+    check_output_dir(path, allow)
     parent = path
     while not parent.exists():
         parent = parent.parent
@@ -219,25 +232,44 @@ def check_writable(path) -> None:
         raise SFTError(f"output dir {path} cannot be written ({err.strerror} at {parent})") from None
 
 
-def write_hf_folder(model, state_dict: dict, tokenizer, out_dir) -> None:
+SAVE_FILES = re.compile(r"^(config\.json|generation_config\.json|model.*\.safetensors(\.index\.json)?|"
+                        r"pytorch_model.*\.bin(\.index\.json)?|tokenizer.*|special_tokens_map\.json|vocab\..*|"
+                        r"merges\.txt|added_tokens\.json|chat_template\.jinja|training_history\.json|"
+                        + re.escape(SAVE_MARKER) + r")$")
+
+
+def _only_a_save(path: Path) -> bool:
+    """True when every entry of ``path`` is a file a model save writes (the whole folder may be swapped)."""
+    return all(p.is_file() and SAVE_FILES.match(p.name) for p in path.iterdir())
+
+
+def write_hf_folder(model, state_dict: dict, tokenizer, out_dir, allow=()) -> None:
     """Write ``state_dict`` as safetensors, the config and the whole tokenizer, atomically.
 
-    Everything goes into a hidden sibling folder that is renamed into place at the end: a crash
-    leaves the previous save (or nothing), never a half-written folder. A failed swap puts the
-    previous save back. Explained in notebooks/02_utility_functions.ipynb.
+    Everything goes into a hidden temporary folder first. A new folder, or one holding only a
+    previous save, is then swapped in whole: a crash leaves the previous save (or nothing), never a
+    half-written folder, and a failed swap puts the previous save back. A folder that also holds
+    ``allow`` entries (this run's logs or checkpoints) is never moved: the files are renamed into it
+    one by one, the previous save's own files it no longer writes are removed, and nothing else is
+    touched. Explained in notebooks/02_utility_functions.ipynb.
     """
     out_dir = Path(out_dir)
-    check_output_dir(out_dir)
+    check_output_dir(out_dir, allow)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    in_place = out_dir.is_dir() and not _only_a_save(out_dir)
+    tmp = out_dir / f".sftlib-save-{os.getpid()}" if in_place else out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        files = sorted(p.name for p in tmp.iterdir())
         (tmp / SAVE_MARKER).write_text(json.dumps({"format": "hf", "tensors": len(state_dict),
-                                                   "tokenizer": tokenizer is not None}))
+                                                   "tokenizer": tokenizer is not None, "files": files}))
+        if in_place:
+            _move_files_in(tmp, out_dir, files)
+            return
         had_old = out_dir.exists()
         if had_old:
             os.replace(out_dir, old)
@@ -252,7 +284,37 @@ def write_hf_folder(model, state_dict: dict, tokenizer, out_dir) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_hf_format(model, tokenizer, args, sub_folder: str = "") -> None:
+def _move_files_in(tmp: Path, out_dir: Path, files: list[str]) -> None:
+    """Rename each new file into ``out_dir``, drop the previous save's files not written again, marker last."""
+    try:
+        previous = json.loads((out_dir / SAVE_MARKER).read_text()).get("files", [])
+    except (OSError, json.JSONDecodeError):
+        previous = []
+    (out_dir / SAVE_MARKER).unlink(missing_ok=True)
+    for name in files:
+        os.replace(tmp / name, out_dir / name)
+    for name in set(previous) - set(files):
+        if SAVE_FILES.match(name) and (out_dir / name).is_file():
+            (out_dir / name).unlink()
+    os.replace(tmp / SAVE_MARKER, out_dir / SAVE_MARKER)
+
+
+def rescue_dir(out_dir) -> Path:
+    """Where a failed final save puts the weights instead: ``<name>.rescued-<time>`` in the nearest
+    existing folder above ``out_dir`` (the system's temporary folder if that one cannot be written)."""
+    import tempfile
+    import time
+
+    out_dir = Path(out_dir).absolute()
+    parent = out_dir.parent
+    while not parent.is_dir():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        parent = Path(tempfile.gettempdir())
+    return parent / f"{out_dir.name}.rescued-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def save_hf_format(model, tokenizer, args, sub_folder: str = "", allow=()) -> None:
     """Rank 0's save of a non-ZeRO-3 model into ``args.output_dir/sub_folder``, loadable by HF.
 
     Unwraps the DeepSpeed engine, drops LoRA keys (fuse them first with
@@ -268,4 +330,4 @@ def save_hf_format(model, tokenizer, args, sub_folder: str = "") -> None:
         raise SFTError(f"LoRA layers are not fused (e.g. {unfused[0]}); call "
                        "sftlib.lora.convert_lora_to_linear_layer(model) before saving")
     state_dict = {k: v for k, v in model_to_save.state_dict().items() if not is_lora_name(k)}
-    write_hf_folder(model_to_save, state_dict, tokenizer, os.path.join(args.output_dir, sub_folder))
+    write_hf_folder(model_to_save, state_dict, tokenizer, os.path.join(args.output_dir, sub_folder), allow)

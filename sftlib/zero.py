@@ -74,21 +74,29 @@ def gather_state_dict(model_ema, global_rank: int, zero_stage: int = 3) -> dict:
 
 
 def save_zero_three_model(model_ema, global_rank: int, save_dir: str, zero_stage: int = 0,
-                          tokenizer=None) -> None:
+                          tokenizer=None, allow=()) -> None:
     """All ranks call this; rank 0 writes an HF folder (safetensors, config, tokenizer) atomically.
 
     DeepSpeed-Chat's name, signature and semantics (one parameter gathered at a time, rank 0 keeps
     CPU copies of the non-LoRA ones), plus persistent buffers, tied weights stored once, and a write
     into a hidden temporary folder renamed into place: a rank killed while saving leaves the
     previous save, or nothing. ``tokenizer`` is anything with ``save_pretrained(folder)``; it is
-    written after the weights. Explained in notebooks/04_zero3_saving.ipynb.
+    written after the weights; ``allow`` as in ``write_hf_folder``. A failed write is raised on rank 0
+    after the closing barrier, so the other ranks are never left waiting.
+    Explained in notebooks/04_zero3_saving.ipynb.
     """
     state = gather_state_dict(model_ema, global_rank, zero_stage)
+    failure = None
     if global_rank == 0:
-        remove_stale_temporaries(save_dir)
-        write_hf_folder(unwrap(model_ema), state, tokenizer, save_dir)
+        try:
+            remove_stale_temporaries(save_dir)
+            write_hf_folder(unwrap(model_ema), state, tokenizer, save_dir, allow)
+        except Exception as err:  # re-raised below, once every rank is past the barrier
+            failure = err
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+    if failure is not None:
+        raise failure
 
 
 def remove_stale_temporaries(save_dir) -> list[str]:

@@ -12,4 +12,4 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def world():
     from sftlib.lessons.toy import ensure_toy_world
 
-    return ensure_toy_world(("opt", "llama"))
+    return ensure_toy_world(("opt", "llama"), chat=True)

@@ -1,9 +1,15 @@
-"""sftlib.cli: every command ends on bad input the same way: one `error: ...` line, exit 2."""
+"""sftlib.cli: every command ends on bad input the same way: one `error: ...` line, exit 2, printed
+once per job, with the rank when only some ranks hit it."""
+
+import subprocess
+import sys
 
 import pytest
 
 from sftlib import cli
+from sftlib.dist import free_port, launcher_free_env
 from sftlib.utils import SFTError
+from tests.helpers import ROOT
 
 
 def failing(argv):
@@ -18,16 +24,56 @@ def test_user_error_is_one_line_and_exit_2(capsys, monkeypatch):
     assert capsys.readouterr().err == "error: --thing x.json: no such file\n"
 
 
-def test_only_rank_0_prints(capsys, monkeypatch):
-    monkeypatch.setenv("RANK", "1")
-    with pytest.raises(SystemExit):
-        cli.run(failing, ["x"])
-    assert capsys.readouterr().err == ""
-
-
 def test_success_and_bugs_pass_through(capsys):
     seen = []
     cli.run(seen.append, ["a"])
     assert seen == [["a"]]
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback: only user errors are one line
         cli.run(lambda argv: 1 / 0)
+
+
+RANKS = """
+import os, sys
+import torch.distributed as dist
+from sftlib import cli
+from sftlib.utils import SFTError
+
+rank, fails = int(os.environ["RANK"]), sys.argv[1]
+
+def step():
+    if fails == "all" or fails == str(rank):
+        raise SFTError(f"data file {'/shared' if fails == 'all' else f'/node{rank}'}/train.json:3: bad row")
+    return "fine"
+
+def main(argv):
+    problem = cli.attempt(step)  # before the group exists, as train.main's validation
+    dist.init_process_group("gloo")
+    cli.agree(problem)
+    print("after", cli.on_every_rank(step), flush=True)
+
+cli.run(main)
+"""
+
+
+def two_ranks(fails):
+    port, procs = free_port(), []
+    for rank in (0, 1):
+        env = launcher_free_env({"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                 "MASTER_PORT": str(port)})
+        procs.append(subprocess.Popen([sys.executable, "-c", RANKS, fails], cwd=ROOT, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    return [(p.wait(timeout=120), *p.communicate()) for p in procs]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fails, printed", [
+    ("all", {0: "error: data file /shared/train.json:3: bad row"}),  # every rank: once, by rank 0
+    ("1", {1: "error: [rank 1] data file /node1/train.json:3: bad row"}),  # one rank: by that rank, with its rank
+    ("0", {0: "error: [rank 0] data file /node0/train.json:3: bad row"}),
+])
+def test_an_error_reaches_the_user_once_with_its_rank(fails, printed):
+    results = two_ranks(fails)
+    assert [code for code, _, _ in results] == [2, 2], results  # nobody is left waiting for the others
+    errors = {r: err.strip() for r, (_, _, err) in enumerate(results) if "error:" in err}
+    assert errors == printed and all(len(e.splitlines()) == 1 for e in errors.values())
+    assert not any("after" in out for _, out, _ in results)

@@ -93,3 +93,39 @@ def test_packed_rows_count_their_samples_not_their_rows():
     meter = perf.StepMeter(perf.ModelDims(128, 4, 1744, 4, 128, 512, False))
     meter.add(batch)
     assert meter.samples == 3 and meter.flops == perf.train_flops(meter.dims, 2, 16)
+
+
+def _autograd_flops(model, ids) -> float:
+    """What torch's own FlopCounterMode sees autograd run: forward plus backward matmuls."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, labels=ids).loss.backward()
+    return float(counter.get_total_flops())
+
+
+@pytest.mark.parametrize("only_lora", [False, True])
+def test_lora_frozen_weights_skip_their_weight_gradients(world, only_lora):
+    """LoRA on the decoder layers: torch's FLOP counter (forward + backward as autograd runs them) and
+    DeepSpeed's profiler (forward) agree with train_flops given the model's trainable_flops."""
+    from transformers import AutoModelForCausalLM
+
+    from sftlib import lora
+
+    model = AutoModelForCausalLM.from_pretrained(world["opt"], attn_implementation="eager")
+    model = lora.convert_linear_layer_to_lora(model, "decoder.layers.", 8)
+    if only_lora:
+        model = lora.only_optimize_lora_parameters(model)
+    trainable = perf.trainable_flops(model)
+    assert trainable.lora > 0 and trainable.frozen > 0  # a LoRA layer's own weight is always frozen
+    ids = torch.randint(4, 1000, (2, 64))
+    ours = perf.train_flops(model, 2, 64, trainable=trainable)
+    assert ours == pytest.approx(_autograd_flops(model, ids), rel=0.05)
+    dense = perf.train_flops(model, 2, 64)
+    forward = (dense / 3 + 2 * 64 * trainable.lora)
+    assert forward == pytest.approx(perf.profile_forward_flops(model, ids), rel=0.10)
+    if only_lora:  # frozen matrices: backward 1x instead of 2x, so the dense count overstates
+        assert 1.3 < dense / ours < 1.5
+    meter = perf.StepMeter(model)
+    meter.add({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    assert meter.flops == pytest.approx(ours)

@@ -59,5 +59,37 @@ def test_printed_layout(world, capsys):
     assert "====================prompt end=============================" in out
 
 
+def test_picks_the_accelerator_in_the_dtype_asked_for(world, monkeypatch):
+    """Mocked CUDA: main loads both models on cuda:LOCAL_RANK in bf16 (nothing is loaded for real)."""
+    import torch
+
+    import sftlib.dist
+
+    loaded = []
+
+    def fake_load(path, device="cpu", dtype=torch.float32):
+        loaded.append((path, device, dtype))
+        raise RuntimeError("stop before loading")
+
+    monkeypatch.setattr(sftlib.dist, "accelerator_name", lambda: "cuda")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(prompt_eval, "load_model", fake_load)
+    with pytest.raises(RuntimeError, match="stop before loading"):
+        prompt_eval.main(["--model_name_or_path_baseline", str(world["opt"]), "--model_name_or_path_finetune",
+                          str(world["opt"]), "--dtype", "bf16"])
+    assert loaded == [(str(world["opt"]), torch.device("cuda", 1), torch.bfloat16)]
+    monkeypatch.setattr(sftlib.dist, "accelerator_name", lambda: "cpu")
+    assert prompt_eval.device_and_dtype("fp32") == (torch.device("cpu"), torch.float32)
+    with pytest.raises(prompt_eval.SFTError, match="--dtype fp16 on a CPU"):
+        prompt_eval.device_and_dtype("fp16")
+
+
+def test_load_model_puts_the_model_where_asked(world):
+    import torch
+
+    model, _ = prompt_eval.load_model(str(world["opt"]), "cpu", torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and model.device == torch.device("cpu")
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))

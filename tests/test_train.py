@@ -106,3 +106,84 @@ def test_hub_id_offline_is_a_clear_error(world, tmp_path, capsys, monkeypatch):
     code, err = run_cli_in_process(small_args(world, tmp_path / "out", "--model_name_or_path", "facebook/opt-1.3b"),
                                    capsys)
     assert code == 2 and "'facebook/opt-1.3b'" in err and "offline" in err
+
+
+def one_rank_args(world, tmp_path, *extra):
+    from sftlib import train
+
+    args = train.parse_args(small_args(world, tmp_path / "out", "--data_output_path", str(tmp_path / "cache"), *extra))
+    train.setup_distributed(args)
+    return args
+
+
+def test_default_batches_are_deepspeed_chats_and_the_seeded_sampler_is_opt_in(world, tmp_path):
+    """torch's DistributedSampler defaults (seed 0, shuffled, train and eval) unless --seeded_sampler."""
+    import torch
+
+    from sftlib import train
+    from sftlib.model import load_hf_tokenizer
+
+    tok = load_hf_tokenizer(str(world["opt"]))
+
+    def orders(*extra):
+        train_dl, eval_dl = train.build_dataloaders(one_rank_args(world, tmp_path, *extra), tok)
+        return list(train_dl.sampler), list(eval_dl.sampler), len(train_dl.dataset), len(eval_dl.dataset)
+
+    def torch_default(n):  # what DistributedSampler(dataset) does with seed 0 on one rank, written out
+        return torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+
+    tr, ev, n_train, n_eval = orders()
+    assert tr == torch_default(n_train) and ev == torch_default(n_eval)
+    tr, ev, _, _ = orders("--seeded_sampler")
+    assert tr == torch.randperm(n_train, generator=torch.Generator().manual_seed(1234)).tolist()
+    assert ev == list(range(n_eval))
+
+
+def test_model_files_go_beside_this_runs_logs_and_nothing_else_is_touched(world, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from sftlib import utils
+    from sftlib.utils import SFTError
+
+    model = AutoModelForCausalLM.from_pretrained(world["opt"])
+    out = tmp_path / "out"
+    (out / "sftlib").mkdir(parents=True)
+    (out / "sftlib" / "events.out.tfevents.1").write_text("logs")
+    with pytest.raises(SFTError, match="not empty and is not a previous save"):
+        utils.write_hf_folder(model, model.state_dict(), None, out)  # logs the caller did not declare
+    utils.write_hf_folder(model, model.state_dict(), None, out, allow={"sftlib"})
+    (out / "pytorch_model.bin").write_bytes(b"")  # as if a previous save had written it ...
+    marker = json.loads((out / utils.SAVE_MARKER).read_text())
+    (out / utils.SAVE_MARKER).write_text(json.dumps({**marker, "files": marker["files"] + ["pytorch_model.bin"]}))
+    (out / "ds_tensorboard_logs").mkdir()  # ... and a second run logs beside the first save
+    utils.write_hf_folder(model, model.state_dict(), None, out, allow={"sftlib", "ds_tensorboard_logs"})
+    assert (out / "sftlib" / "events.out.tfevents.1").read_text() == "logs" and (out / "ds_tensorboard_logs").is_dir()
+    assert not (out / "pytorch_model.bin").exists(), "the previous save's own stale file is gone"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")] and not list(tmp_path.glob(".out*"))
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_a_failed_final_save_puts_the_weights_in_a_rescue_folder(world, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from sftlib import train
+    from sftlib.history import History
+    from sftlib.model import load_hf_tokenizer
+    from sftlib.utils import SFTError
+
+    args = one_rank_args(world, tmp_path)
+    (tmp_path / "blocker").write_text("a file where the output folder's parent should be")
+    args.output_dir = str(tmp_path / "blocker" / "out")  # as if the disk changed during training
+    model = AutoModelForCausalLM.from_pretrained(world["opt"])
+    with pytest.raises(SFTError, match=r"the final save to .*blocker/out failed .*the trained weights are in") as info:
+        train.save_model(args, model, load_hf_tokenizer(str(world["opt"])), History())
+    rescued = [p for p in tmp_path.iterdir() if p.name.startswith("out.rescued-")]
+    assert len(rescued) == 1 and str(rescued[0]) in str(info.value)
+    again = AutoModelForCausalLM.from_pretrained(rescued[0])
+    assert all(torch_equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)

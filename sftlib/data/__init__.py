@@ -22,6 +22,8 @@ Naming a dataset on the command line (``--data_path``, ``--sft_only_data_path``)
     path/to/folder                       # train.json + eval.json, fields used as they are
     local/jsonfile=path/to/rows.jsonl    # DeepSpeed-Chat's local/jsonfile, any json/jsonl path
     my_set.json=path/to/rows             # a user mapping (json) applied to local rows
+    messages=path/to/chats               # rows with a "messages" list, rendered with the chat template
+                                         # (messages.py; loss on the assistant turns only)
 
 Every public name of the modules is importable from ``sftlib.data`` (DeepSpeed-Chat's names).
 

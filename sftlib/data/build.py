@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 import warnings
@@ -20,6 +21,7 @@ from sftlib.data.cache import (
     tokenizer_fingerprint,
     wait_for_cache,
 )
+from sftlib.data.messages import chat_template_of
 from sftlib.data.raw import get_raw_dataset
 from sftlib.data.registry import resolve_data_path
 from sftlib.data.sources import fingerprint_source, load_hub, select_rows
@@ -46,11 +48,14 @@ class BuildRequest:
     local_rank: int = 0                   # the process with local_rank <= 0 writes the index files
 
 
-def _blend(tables, seed: int, weights=None):
+def _blend(tables, seed: int, weights=None, always_shuffle=False):
     """Concatenate then shuffle (compat: each set contributes all its rows). With ``weights``,
-    set i contributes ``round(w_i / sum(w) * total)`` rows (repeating a small set if needed)."""
+    set i contributes ``round(w_i / sum(w) * total)`` rows (repeating a small set if needed).
+    As in the original, only a single set given alone keeps its order: several sets of which one is
+    left (the others empty), or the sft-only blend (``always_shuffle``), are still shuffled."""
     import datasets
 
+    alone = len(tables) == 1 and not always_shuffle
     tables = [t for t in tables if len(t)]
     if not tables:
         return None
@@ -62,7 +67,7 @@ def _blend(tables, seed: int, weights=None):
             order = np.random.RandomState(seed + i).permutation(len(t))
             picked.append(select_rows(t, np.resize(order, want).tolist()))
         tables = picked
-    if len(tables) == 1 and weights is None:
+    if alone and weights is None:
         return tables[0]
     merged = datasets.concatenate_datasets(tables)
     return select_rows(merged, get_shuffle_idx(seed, len(merged)).tolist())
@@ -104,9 +109,9 @@ def build_prompt_datasets(request: BuildRequest, tokenizer):
     sft_train = [t for sft, t in trains if sft]
     sft_eval = [t for sft, t in evals if sft]
     if r.train_phase == 1 and sft_train and any(len(t) for t in sft_train):
-        train = _blend(([train] if train is not None else []) + sft_train, r.seed)
+        train = _blend(([train] if train is not None else []) + sft_train, r.seed, always_shuffle=True)
     if r.train_phase == 1 and sft_eval and any(len(t) for t in sft_eval):
-        evals_main = _blend(([evals_main] if evals_main is not None else []) + sft_eval, r.seed)
+        evals_main = _blend(([evals_main] if evals_main is not None else []) + sft_eval, r.seed, always_shuffle=True)
     empty = select_rows(trains[0][1], [])
     return (train if train is not None else empty), (evals_main if evals_main is not None else empty), stats
 
@@ -124,6 +129,11 @@ def cache_key_parts(request: BuildRequest, tokenizer) -> dict:
              "max_seq_len": r.max_seq_len, "eot": r.end_of_conversation_token,
              "tokenizer": tokenizer_fingerprint(tokenizer),
              "blend_weights": list(r.blend_weights) if r.blend_weights is not None else None}
+    kinds = {spec.kind for spec, _ in resolved}
+    if "messages" in kinds:  # chats: the template that renders them changes the ids
+        if len(kinds) > 1:
+            raise SFTError("--data_path: messages sets cannot be blended with prompt/chosen sets; give one kind")
+        parts["chat_template"] = chat_template_of(tokenizer)
     if any(src is None for _, src in resolved):  # hub sets: include their cached fingerprints
         parts["hub"] = [fingerprint_source(spec, None, load_hub(spec)) for spec, src in resolved if src is None]
     return parts
@@ -132,13 +142,17 @@ def cache_key_parts(request: BuildRequest, tokenizer) -> dict:
 def create_prompt_dataset(local_rank, data_path, data_split, output_path, train_phase, seed, tokenizer,
                           max_seq_len, end_of_conversation_token="<|endoftext|>", sft_only_data_path=(),
                           reload=False, blend_weights=None, mask_prompt=False, pad_to_max_len=True,
-                          num_proc=None):
+                          num_proc=None, train_on_padding=False, wait_timeout=7200.0, run_id=None):
     """Train and eval ``PromptDataset`` for ``train_phase``: DeepSpeed-Chat's signature and result.
 
     The tokenized sets are cached under ``output_path/prompt_dataset_<key>/`` (Arrow); the key is
-    ``cache_key_parts``. Global rank 0 builds (under a file lock); other ranks poll for the finished
-    cache. A damaged cache is rebuilt with a warning. ``mask_prompt`` and ``pad_to_max_len`` only
-    change how samples are read, not the cache.
+    ``cache_key_parts``. Local rank 0 of each node builds (under a file lock, so a folder shared by
+    several nodes is built once and the others find it complete), as DeepSpeed-Chat; the node's other
+    ranks poll for the finished cache for at most ``wait_timeout`` seconds. ``run_id`` (the same on
+    every rank of one job) ties a builder's failure marker to this job, so a marker left by an
+    earlier run is never taken for this one's. A damaged cache is rebuilt with a warning.
+    ``mask_prompt``, ``pad_to_max_len`` and ``train_on_padding`` (the 2023 labels) only change how
+    samples are read, not the cache.
     """
     from filelock import FileLock
 
@@ -156,16 +170,17 @@ def create_prompt_dataset(local_rank, data_path, data_split, output_path, train_
     key_parts = cache_key_parts(request, tokenizer)
     os.makedirs(output_path, exist_ok=True)
     folder = Path(output_path) / f"prompt_dataset_{cache_key(key_parts)}"
-    if global_rank() == 0:
+    if local_rank <= 0:
         with FileLock(f"{folder}.lock"):
-            _build_if_needed(folder, reload, key_parts, request, tokenizer)
+            _build_if_needed(folder, reload, key_parts, request, tokenizer, run_id)
     else:
-        wait_for_cache(folder)
+        wait_for_cache(folder, timeout_s=wait_timeout, run_id=run_id)
     return load_prompt_datasets(folder, tokenizer.pad_token_id, train_phase, max_seq_len, mask_prompt,
-                                pad_to_max_len)
+                                pad_to_max_len, train_on_padding)
 
 
-def _build_if_needed(folder: Path, reload: bool, key_parts: dict, request: BuildRequest, tokenizer) -> None:
+def _build_if_needed(folder: Path, reload: bool, key_parts: dict, request: BuildRequest, tokenizer,
+                     run_id=None) -> None:
     import datasets
 
     problem = cache_problem(folder)
@@ -189,5 +204,6 @@ def _build_if_needed(folder: Path, reload: bool, key_parts: dict, request: Build
         print(f"built dataset cache {folder.name[:28]}... ({len(train)} train / {len(evals)} eval rows, "
               f"{time.time() - t0:.1f} s)", flush=True)
     except BaseException as err:
-        failed.write_text(f"rank 0 could not build the dataset cache: {err}")
+        failed.write_text(json.dumps({"run_id": run_id, "error": f"local rank 0 (global rank {global_rank()}) "
+                                      f"could not build the dataset cache: {err}"}))
         raise

@@ -1,5 +1,6 @@
 """The cache: Arrow, keyed on everything that changes the tensors, verified by a manifest, built
-once by global rank 0 while other ranks poll for it (no collective, so no collective timeout)."""
+by each node's local rank 0 while the node's other ranks poll for it (no collective, so no
+collective timeout; a bounded wait)."""
 
 from __future__ import annotations
 
@@ -65,21 +66,42 @@ def cache_problem(folder: Path) -> str | None:
     return None
 
 
-def wait_for_cache(folder: Path, poll_s: float = 0.5, say_every_s: float = 60.0) -> None:
-    """Ranks other than 0 poll for a complete cache: no collective, so no collective timeout.
-    A failure recorded by rank 0 (``<folder>.failed``) is raised here too."""
-    started, last_say = time.time(), 0.0
+def wait_for_cache(folder: Path, poll_s: float = 0.5, say_every_s: float = 60.0, timeout_s: float = 7200.0,
+                   run_id=None) -> None:
+    """Ranks other than their node's local rank 0 poll for a complete cache: no collective, so no
+    collective timeout, but never longer than ``timeout_s``. A failure the builder recorded
+    (``<folder>.failed``) for this job (``run_id``) ends the wait too; the builder itself reports it."""
+    started, last_say = time.time(), time.time()
     failed = Path(f"{folder}.failed")
     while True:
         if cache_problem(folder) is None:
             return
-        if failed.is_file() and failed.stat().st_mtime >= started - 120:
-            raise SFTError(failed.read_text().strip() or "rank 0 failed to build the dataset cache")
+        if _failure_of(failed, run_id, started) is not None:
+            err = SFTError(_failure_of(failed, run_id, started))
+            err.quiet = True  # the builder prints it
+            raise err
+        if time.time() - started > timeout_s:
+            raise SFTError(f"gave up after {timeout_s:g} s waiting for this node's local rank 0 to build the dataset "
+                           f"cache {folder}; see that rank's log, or raise --data_cache_timeout")
         if time.time() - last_say >= say_every_s:
-            print(f"process {os.getpid()} (rank {global_rank()}): waiting for global rank 0 to build the dataset "
+            print(f"process {os.getpid()} (rank {global_rank()}): waiting for local rank 0 to build the dataset "
                   f"cache {folder}", flush=True)
             last_say = time.time()
         time.sleep(poll_s)
+
+
+def _failure_of(marker: Path, run_id, started: float) -> str | None:
+    """The builder's error in ``marker`` when it belongs to this job: the same ``run_id``, or (without
+    one) written after this rank started waiting. Anything else is stale and ignored."""
+    try:
+        info = json.loads(marker.read_text())
+        mtime = marker.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    mine = info.get("run_id") == run_id if run_id is not None else mtime >= started
+    return info.get("error") or "the dataset cache build failed" if mine else None
 
 
 def save_cache(folder: Path, train, evals, info: dict) -> None:
@@ -98,14 +120,15 @@ def save_cache(folder: Path, train, evals, info: dict) -> None:
     os.replace(tmp, folder)
 
 
-def load_prompt_datasets(folder, pad_token_id, train_phase, max_seq_len, mask_prompt=False, pad_to_max_len=True):
+def load_prompt_datasets(folder, pad_token_id, train_phase, max_seq_len, mask_prompt=False, pad_to_max_len=True,
+                         train_on_padding=False):
     """(train, eval) ``PromptDataset`` from a cache folder."""
     import datasets
 
     folder = Path(folder)
     train = datasets.load_from_disk(str(folder / "train"))
     evals = datasets.load_from_disk(str(folder / "eval"))
-    kw = dict(mask_prompt=mask_prompt, pad_to_max_len=pad_to_max_len)
+    kw = dict(mask_prompt=mask_prompt, pad_to_max_len=pad_to_max_len, train_on_padding=train_on_padding)
     return (PromptDataset(train, pad_token_id, train_phase, max_seq_len, **kw),
             PromptDataset(evals, pad_token_id, train_phase, max_seq_len, **kw))
 

@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 
+from sftlib.data.messages import looks_like_messages
 from sftlib.utils import SFTError
 
 HA = " Human: {} Assistant:"  # DeepSpeed-Chat's wrapping of a bare question
@@ -47,6 +48,7 @@ class DatasetSpec:
     clean_name: str | None = None     # used in index file names
     language: str = "en"
     required: tuple = ()              # extra row keys a row must have (besides the templates')
+    kind: str = "text"                # "messages": rows hold a chat (sftlib.data.messages), phase 1 only
 
     @property
     def dataset_name_clean(self) -> str:
@@ -176,6 +178,8 @@ REGISTRY: dict[str, DatasetSpec] = {s.name: s for s in [
                 clean_name="jsonfile"),
     # sftlib's own: what a bare local path means (rm-static's layout, fields used as they are).
     DatasetSpec("local/json", "{prompt}", "{chosen}", "{rejected}", eval_split="eval", clean_name="local_json"),
+    # rows with a "messages" list, rendered with the chat template (sftlib.data.messages)
+    DatasetSpec("messages", "{messages}", "{messages}", eval_split="eval", clean_name="messages", kind="messages"),
 ]}
 
 
@@ -215,6 +219,21 @@ def _is_spec_file(path: str) -> bool:
     return isinstance(obj, dict) and "prompt" in obj and "name" in obj
 
 
+_SAID: set[str] = set()
+
+
+def _say_schema(path: str) -> None:
+    """DeepSpeed-Chat picks a set's reader by substring, so a local path naming a hub set was read with
+    that set's schema; sftlib reads a bare path as plain rows and says so, once, with the way to ask."""
+    from sftlib.dist import global_rank
+
+    hub = next((n for n in REGISTRY if "/" in n and not n.startswith("local/") and n in path), None)
+    if hub and path not in _SAID and global_rank() == 0:
+        print(f"note: --data_path {path} names {hub} but is read as plain rows (fields as they are); "
+              f"for {hub}'s schema pass {hub}={path}", flush=True)
+    _SAID.add(path)
+
+
 def resolve_data_path(entry: str) -> tuple[DatasetSpec, str | None]:
     """``--data_path`` entry -> (spec, local source or None for the hub). See ``sftlib.data``'s docstring."""
     entry = str(entry)
@@ -230,7 +249,8 @@ def resolve_data_path(entry: str) -> tuple[DatasetSpec, str | None]:
             source = os.path.join(os.path.dirname(os.path.abspath(name)), os.path.expanduser(local))
         return spec, source
     if source is None and os.path.exists(name):
-        return REGISTRY["local/json"], name
+        _say_schema(name)
+        return REGISTRY["messages" if looks_like_messages(name) else "local/json"], name
     if source is None and (name.startswith((".", "/", "~")) or name.strip("/").count("/") > 1):
         raise SFTError(f"--data_path {name}: no such file or folder")
     known = ", ".join(sorted(REGISTRY))

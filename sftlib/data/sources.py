@@ -22,7 +22,7 @@ def read_json_rows(path: str | os.PathLike, required=("prompt", "chosen")) -> li
     path = Path(path)
     if not path.is_file():
         raise SFTError(f"data file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    text = decode_utf8(path)
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -47,6 +47,18 @@ def read_json_rows(path: str | os.PathLike, required=("prompt", "chosen")) -> li
     if not numbered:
         raise SFTError(f"{path}: the dataset is empty")
     return [row for _, row in numbered]
+
+
+def decode_utf8(path: Path) -> str:
+    """A file's text; bytes that are not UTF-8 are an error naming the file, line and column."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise SFTError(f"{path}:{line}: byte 0x{raw[err.start]:02x} at column {column} is not UTF-8; "
+                       "save the file as UTF-8") from None
 
 
 def _fast_json(path: Path, required):
@@ -74,6 +86,7 @@ def _load_file(path: Path, spec: DatasetSpec):
 
     required = spec.required_keys()
     if path.suffix in (".json", ".jsonl"):
+        decode_utf8(path)  # Arrow's json reader would pass bad bytes on silently
         fast = _fast_json(path, required)
         if fast is not None:
             return fast
@@ -85,7 +98,12 @@ def _load_file(path: Path, spec: DatasetSpec):
     kind = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}.get(path.suffix)
     if kind is None:
         raise SFTError(f"{path}: unsupported file type; use json, jsonl, parquet, csv or arrow")
-    ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    if kind == "csv":
+        decode_utf8(path)  # datasets' csv reader would fail with a traceback on bad bytes
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as err:  # a corrupt parquet/arrow file, a ragged csv row...
+        raise SFTError(f"{path}: cannot be read as {kind} ({str(err).splitlines()[0][:160]})") from None
     _check_columns(ds, required, str(path))
     return ds
 

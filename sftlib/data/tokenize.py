@@ -10,8 +10,10 @@ import hashlib
 import os
 import warnings
 
+from sftlib.data.messages import messages_batch
 from sftlib.data.raw import PromptRawDataset
 from sftlib.data.registry import parse_template
+from sftlib.utils import SFTError
 
 
 def tokenize_one_at_a_time(texts: list[str], tokenizer, max_seq_len: int) -> list[dict]:
@@ -118,6 +120,8 @@ def _phase1_texts(batch: dict, raw) -> tuple[list, list]:
 
 def _phase_batch(batch, raw, train_phase, tokenizer, eot, max_seq_len):
     """``datasets.map(batched=True)`` body: rows -> unpadded token ids (+ prompt token counts)."""
+    if raw.spec.kind == "messages":
+        return messages_batch(batch, tokenizer, max_seq_len)
     if train_phase == 1:
         prompts, texts = _phase1_texts(batch, raw)
         texts = [t + eot for t in texts]
@@ -151,6 +155,10 @@ def tokenize_split(rows, raw: PromptRawDataset, train_phase: int, tokenizer, end
     features = datasets.Features({1: {"input_ids": ids, "prompt_tokens": num, "full_length": num},
                                   2: {"chosen_input_ids": ids, "rejected_input_ids": ids, "full_length": num},
                                   3: {"input_ids": ids, "full_length": num}}[train_phase])
+    if raw.spec.kind == "messages":  # chats: a label mask marks the assistant tokens
+        if train_phase != 1:
+            raise SFTError(f"{raw.dataset_name}: messages data is for phase 1 (SFT) only, not phase {train_phase}")
+        features["label_mask"] = datasets.Sequence(datasets.Value("int8"))
     needed = [c for c in raw.columns_needed(train_phase) if c in rows.column_names]
     rows = rows.select_columns(needed, new_fingerprint=hashlib.sha256(
         f"{rows._fingerprint}{needed}".encode()).hexdigest()[:32])

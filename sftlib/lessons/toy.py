@@ -39,6 +39,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from sftlib.lessons import toy_chat
+
 WORLD_VERSION = 7  # bump when anything below changes what gets built
 SEED = 1234
 EVAL_FRACTION = 0.35  # about this share of instruction rows is held out for evaluation
@@ -321,8 +323,9 @@ def _build_model(root: Path, kind: str) -> None:
                                           "pretrain_seconds": round(time.time() - t0, 1)})
 
 
-def ensure_toy_world(models: tuple[str, ...] = ("opt",), root: Path | None = None) -> dict:
-    """Build what is missing and return the paths: ``data``, ``train``, ``eval``, ``opt``, ...
+def ensure_toy_world(models: tuple[str, ...] = ("opt",), root: Path | None = None, chat: bool = False) -> dict:
+    """Build what is missing and return the paths: ``data``, ``train``, ``eval``, ``opt``, ... and,
+    with ``chat``, ``chat`` (multi-turn ``messages`` rows and ``chat_template.jinja``; ``toy_chat``).
 
     Safe to call from several processes at once: one builds, the others wait on a file lock.
     """
@@ -337,9 +340,13 @@ def ensure_toy_world(models: tuple[str, ...] = ("opt",), root: Path | None = Non
         for kind in models:
             if not _stamp_ok(root / f"{kind}-tiny"):
                 _build_model(root, kind)
+        if chat and not (_stamp_ok(root / "chat") and toy_chat.chat_ok(root / "chat")):
+            toy_chat.build_chat(root, SEED, EVAL_FRACTION, _publish)
     paths = {"root": root, "data": root / "data", "train": root / "data" / "train.json",
              "eval": root / "data" / "eval.json"}
     paths.update({kind: root / f"{kind}-tiny" for kind in models})
+    if chat:
+        paths["chat"] = root / "chat"
     return paths
 
 
@@ -365,8 +372,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Build the offline toy world (data, tokenizer, models).")
     p.add_argument("--models", nargs="+", default=["opt", "llama"], choices=sorted(MODEL_CONFIGS))
     p.add_argument("--root", default=None, help="where to build (default: $SFTLIB_HOME or toy_world/)")
+    p.add_argument("--chat", action="store_true", help="also the multi-turn messages set (toy_world/chat)")
     args = p.parse_args(argv)
-    for k, v in ensure_toy_world(tuple(args.models), args.root).items():
+    for k, v in ensure_toy_world(tuple(args.models), args.root, chat=args.chat).items():
         print(f"{k:6s} {v}")
 
 

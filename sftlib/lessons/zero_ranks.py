@@ -177,12 +177,12 @@ def train_with_partition_report(train_argv: list, report_path) -> dict:
     real_save = zero.save_zero_three_model
     saves = []
 
-    def report_then_save(model_ema, global_rank, save_dir, zero_stage=0, tokenizer=None):
+    def report_then_save(model_ema, global_rank, save_dir, zero_stage=0, tokenizer=None, allow=()):
         ranks = all_ranks(partition_report(model_ema, zero_stage))
         if global_rank == 0:
             Path(report_path).write_text(json.dumps({"zero_stage": zero_stage, "ranks": ranks}, indent=1))
         saves.append(save_dir)
-        real_save(model_ema, global_rank, save_dir, zero_stage, tokenizer)
+        real_save(model_ema, global_rank, save_dir, zero_stage, tokenizer, allow=allow)
 
     with mock.patch.object(zero, "save_zero_three_model", report_then_save):
         history = train.main(train_argv)

@@ -53,3 +53,30 @@ def test_build_request_builds_what_the_cache_holds(tok, tmp_path):
                                            end_of_conversation_token=tok.eos_token)
     assert len(cached) == len(train) and all(torch.equal(torch.tensor(ids), cached[i]["input_ids"][:len(ids)])
                                              for i, ids in enumerate(train["input_ids"]))
+
+
+def test_a_blend_left_with_one_set_is_still_shuffled_as_in_the_original(tok, tmp_path):
+    import numpy as np
+
+    word_sets(tmp_path, (("alpha", 40), ("beta", 2)))  # beta's 20% phase-1 share of 2 rows rounds to none
+
+    def texts(paths):
+        train, _ = data.create_prompt_dataset(0, paths, "2,4,4", str(tmp_path / "c"), 1, 7, tok, 32,
+                                              end_of_conversation_token=tok.eos_token)
+        return [tok.decode(train[i]["input_ids"]) for i in range(len(train))]
+
+    alone = texts([str(tmp_path / "alpha")])
+    blended = texts([str(tmp_path / "alpha"), str(tmp_path / "beta")])
+    order = np.arange(len(alone))
+    np.random.RandomState(7).shuffle(order)  # DeepSpeed-Chat's get_shuffle_idx: two sets given, so shuffled
+    assert len(alone) == 8 and blended == [alone[i] for i in order] and blended != alone
+
+
+def test_a_local_path_named_like_a_hub_set_says_how_it_is_read(tmp_path, capsys):
+    folder = tmp_path / "mirror" / "openai" / "webgpt_comparisons"
+    write_jsonl(folder / "train.jsonl", word_rows("w", 3))
+    spec, _ = data.resolve_data_path(str(folder))
+    data.resolve_data_path(str(folder))
+    out = capsys.readouterr().out
+    assert spec.name == "local/json" and out.count("note:") == 1
+    assert f"openai/webgpt_comparisons={folder}" in out

@@ -87,8 +87,34 @@ def test_two_ranks_cold_cache_build_once_and_agree(world, tmp_path):
     assert len(cache_dirs(tmp_path / "cache")) == 1
 
 
-def test_rank_1_sees_rank_0_failure_instead_of_hanging(tmp_path):
+def test_a_waiting_rank_sees_this_jobs_failure_ignores_stale_ones_and_gives_up_in_time(tmp_path):
+    import json
+    import time
+
     folder = tmp_path / "prompt_dataset_x"
-    Path(f"{folder}.failed").write_text("rank 0 could not build the dataset cache: boom")
-    with pytest.raises(SFTError, match="boom"):
-        data.wait_for_cache(folder, poll_s=0.01)
+    marker = Path(f"{folder}.failed")
+    marker.write_text(json.dumps({"run_id": "job-2", "error": "local rank 0 could not build the dataset cache: boom"}))
+    with pytest.raises(SFTError, match="boom") as info:
+        data.wait_for_cache(folder, poll_s=0.01, run_id="job-2")
+    assert info.value.quiet, "the builder reports it; the waiting rank exits without a second message"
+    t0 = time.time()  # a marker an earlier job left: waited past, until the bounded wait ends, naming the folder
+    with pytest.raises(SFTError, match=f"gave up after 0.3 s .* {folder}; .*--data_cache_timeout") as info:
+        data.wait_for_cache(folder, poll_s=0.01, timeout_s=0.3, run_id="job-3")
+    assert not info.value.quiet and time.time() - t0 < 5
+    with pytest.raises(SFTError, match="gave up"):  # without a job id: only a marker newer than the wait counts
+        data.wait_for_cache(folder, poll_s=0.01, timeout_s=0.2)
+
+
+def test_a_stale_failure_marker_never_fails_a_new_build(world, tok, tmp_path):
+    folder, _ = toy_folder(world, tmp_path, 40)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    args = (0, [str(folder)], "10,0,0", str(cache), 1, 1, tok, 32)
+    key_folder = data.create_prompt_dataset(*args, end_of_conversation_token=tok.eos_token)  # learn the folder
+    built = cache_dirs(cache)[0]
+    import shutil
+
+    shutil.rmtree(built)
+    Path(f"{built}.failed").write_text("rank 0 could not build the dataset cache: an old failure")
+    train, _ = data.create_prompt_dataset(*args, end_of_conversation_token=tok.eos_token)
+    assert len(train) == len(key_folder[0]) and not Path(f"{built}.failed").exists()

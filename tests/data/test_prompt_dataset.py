@@ -51,3 +51,31 @@ def test_packing_keeps_attention_inside_each_sample(world, tok, tmp_path):
             assert torch.allclose(logits[0, start:start + n], alone, atol=1e-4), "a sample saw its neighbour"
             assert batch["labels"][0, start] == -100
             start += n
+
+
+def test_labels_2023_are_the_input_ids_padding_included(world, tok, tmp_path):
+    """--labels_2023: the 2023 recipe (one tokenizer call per sample, padded, labels = input_ids)."""
+    import pytest
+
+    from sftlib.train import parse_args
+    from sftlib.utils import SFTError
+
+    assert parse_args(["--model_name_or_path", "x", "--labels_2023"]).labels_2023
+    assert not parse_args(["--model_name_or_path", "x"]).labels_2023, "off by default"
+    kw = dict(end_of_conversation_token=tok.eos_token)
+    old, old_eval = data.create_prompt_dataset(0, [str(world["data"])], "10,0,0", str(tmp_path), 1, 1234, tok, 64,
+                                               train_on_padding=True, **kw)
+    rows = data.read_json_rows(world["data"] / "train.json")
+    for i, j in enumerate(numpy_recipe(1234, "10,0,0", len(rows))[0][:4]):
+        text = rows[int(j)]["prompt"] + rows[int(j)]["chosen"] + tok.eos_token
+        theirs = tok(text, max_length=64, padding="max_length", truncation=True, return_tensors="pt")["input_ids"][0]
+        s = old[i]
+        assert torch.equal(s["input_ids"], theirs) and torch.equal(s["labels"], theirs)
+        assert int(s["attention_mask"].sum()) < 64 and (s["labels"][s["attention_mask"] == 0] == tok.pad_token_id).all()
+    assert torch.equal(old_eval[0]["labels"], old_eval[0]["input_ids"]), "the 2023 eval perplexity counted padding too"
+    today, _ = data.create_prompt_dataset(0, [str(world["data"])], "10,0,0", str(tmp_path), 1, 1234, tok, 64, **kw)
+    assert (today[0]["labels"] == -100).any() and not (old[0]["labels"] == -100).any()
+    for extra in ({"mask_prompt": True}, {"pad_to_max_len": False}):
+        with pytest.raises(SFTError, match="--labels_2023"):
+            data.create_prompt_dataset(0, [str(world["data"])], "10,0,0", str(tmp_path), 1, 1234, tok, 64,
+                                       train_on_padding=True, **kw, **extra)

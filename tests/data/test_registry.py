@@ -40,7 +40,7 @@ CASES = {  # name: (fixture folder, train row, prompt, chosen, rejected)
 
 
 def test_every_registered_dataset_has_a_fixture_case():
-    assert set(CASES) | {"local/json"} == set(data.REGISTRY)
+    assert set(CASES) | {"local/json", "messages"} == set(data.REGISTRY)  # messages: tests/data/test_messages.py
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

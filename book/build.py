@@ -1,0 +1,282 @@
+"""Build the tutorial site from the executed notebooks (what `make book` runs after `make notebooks`).
+
+    python book/build.py --repo-url https://github.com/OWNER/REPO --branch main
+
+1. Assembles the pages under outputs/book/src: README.md as the landing page (README.zh-CN.md
+   beside it when present), the executed notebooks from outputs/executed/ in file order, each with
+   launch links (Colab, Binder) and a link to its source, the data and model cards and docs/ (the glossary).
+   Relative links are rewritten to the page they now point to, or to the repository.
+2. Runs `mkdocs build --strict` (book/mkdocs.yml) into outputs/book/site, through a temporary folder.
+3. Checks the built HTML (check_site): no broken internal link, no missing image, no script or
+   stylesheet from another host, no error output in a notebook.
+
+Fails, with the thing to fix, when a notebook has no executed copy, an executed copy is older than
+its notebook (its code differs) or holds an error output, or a notebook's first code cell is not the
+install cell or names another REPO_URL than the Makefile's.
+"""
+
+import argparse
+import json
+import posixpath
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote, unquote, urlsplit
+
+import mathjax  # django-static-mathjax: MathJax 3 as files, bundled so the site works offline
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "outputs" / "book"
+LINK = re.compile(r"(\]\()([^)\s]+)((?:\s+\"[^\"]*\")?\))")
+INSTALL_URL = re.compile(r'^REPO_URL = "([^"]+)"', re.M)
+
+
+class BuildError(Exception):
+    """A one-line reason the site cannot be built."""
+
+
+def page_map() -> dict[str, str]:
+    """Repository path -> site path of every page, in nav order."""
+    pages = {"README.md": "index.md"}
+    if (ROOT / "README.zh-CN.md").exists():
+        pages["README.zh-CN.md"] = "zh-CN.md"
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        pages[f"notebooks/{nb.name}"] = f"notebooks/{nb.name}"
+    for card in sorted((ROOT / "data_cards").glob("*.md"), key=lambda p: (p.name != "README.md", p.name)):
+        pages[f"data_cards/{card.name}"] = f"data_cards/{card.name}"
+    for card in sorted((ROOT / "model_cards").glob("*.md")):
+        pages[f"model_cards/{card.name}"] = f"model_cards/{card.name}"
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        pages[f"docs/{doc.name}"] = doc.name
+    return pages
+
+
+def page_url(site_path: str) -> str:
+    """The folder URL mkdocs gives a page (use_directory_urls), relative to the site root."""
+    p = PurePosixPath(site_path)
+    if p.name in ("index.md", "README.md"):
+        return "" if str(p.parent) == "." else f"{p.parent}/"
+    return f"{p.with_suffix('')}/"
+
+
+def rewrite_links(text: str, repo_path: str, pages: dict, repo: str, branch: str, in_notebook: bool) -> str:
+    """Point each relative link at its page in the site, or at the file in the repository."""
+    here = PurePosixPath(repo_path).parent
+    site_here = pages[repo_path]
+
+    def one(m: re.Match) -> str:
+        target = m.group(2)
+        if re.match(r"^[a-z][a-z0-9+.-]*:|^#|^/", target):
+            return m.group(0)
+        path, _, anchor = target.partition("#")
+        norm = posixpath.normpath(str(here / unquote(path)))
+        if norm in pages:
+            if in_notebook:  # nbconvert keeps links as written: give the page's final URL
+                new = posixpath.relpath(page_url(pages[norm]) or ".", page_url(site_here) or ".") + "/"
+            else:  # mkdocs turns links between source files into page URLs itself
+                new = posixpath.relpath(pages[norm], posixpath.dirname(site_here) or ".")
+        else:
+            kind = "tree" if (ROOT / norm).is_dir() else "blob"
+            new = f"{repo}/{kind}/{branch}/{quote(norm)}"
+        return f"{m.group(1)}{new}{'#' + anchor if anchor else ''}{m.group(3)}"
+
+    return LINK.sub(one, text)
+
+
+def launch_links(name: str, repo: str, branch: str) -> str:
+    m = re.match(r"^https://github\.com/([^/]+)/([^/]+?)/?$", repo)
+    if not m:
+        raise BuildError(f"REPO_URL {repo!r} is not https://github.com/OWNER/REPO; the launch links need one")
+    owner, project = m.groups()
+    colab = f"https://colab.research.google.com/github/{owner}/{project}/blob/{branch}/notebooks/{name}"
+    binder = f"https://mybinder.org/v2/gh/{owner}/{project}/{branch}?labpath=notebooks%2F{quote(name)}"
+    source = f"{repo}/blob/{branch}/notebooks/{name}"
+    return (f'<p class="launch-links"><a href="{colab}">Open in Colab</a> <a href="{binder}">Launch on Binder</a> '
+            f'<a href="{source}">Source on GitHub</a></p>\n\n'
+            "*Executed once by `make notebooks`; these are that run's outputs.*")
+
+
+def code_of(nb: dict) -> list[str]:
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def stage_notebook(name: str, executed: Path, pages: dict, repo: str, branch: str) -> dict:
+    source = json.loads((ROOT / "notebooks" / name).read_text(encoding="utf-8"))
+    path = executed / name
+    if not path.exists():
+        raise BuildError(f"{path} is missing: run `make notebooks` first")
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    if code_of(nb) != code_of(source):
+        raise BuildError(f"{path} is older than notebooks/{name} (its code differs): run `make notebooks`")
+    for i, cell in enumerate(nb["cells"]):
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            raise BuildError(f"{path}: cell {i} has an error output; fix notebooks/{name} and run `make notebooks`")
+    if not code_of(source) or not code_of(source)[0].startswith("# Install the project when it is missing"):
+        raise BuildError(f"notebooks/{name}: its first code cell is not the install cell (Colab and Binder need it): "
+                         f"run `python book/insert_install_cell.py notebooks/{name}`")
+    urls = {u for c in code_of(source) for u in INSTALL_URL.findall(c)}
+    if urls and urls != {repo}:
+        raise BuildError(f"notebooks/{name}: the install cell's REPO_URL {sorted(urls)} is not the Makefile's "
+                         f"REPO_URL {repo!r}; set the same URL in both")
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            text = rewrite_links("".join(cell["source"]), f"notebooks/{name}", pages, repo, branch, True)
+            cell["source"] = text
+    first = next((i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "markdown"), -1)
+    nb["cells"].insert(first + 1, {"cell_type": "markdown", "id": "launch-links", "metadata": {},
+                                   "source": launch_links(name, repo, branch)})
+    return nb
+
+
+def title_of(nb: dict, default: str) -> str:
+    for cell in nb["cells"]:
+        m = re.search(r"^#\s+(.+)$", "".join(cell["source"]), re.M) if cell["cell_type"] == "markdown" else None
+        if m:
+            return m.group(1).strip()
+    return default
+
+
+def assemble(src: Path, executed: Path, repo: str, branch: str) -> list:
+    """Write every page under src; return the nav."""
+    pages = page_map()
+    nav_notebooks, nav_cards, nav_models, nav_top = [], [], [], []
+    for repo_path, site_path in pages.items():
+        dest = src / site_path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if repo_path.endswith(".ipynb"):
+            nb = stage_notebook(PurePosixPath(repo_path).name, executed, pages, repo, branch)
+            dest.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            nav_notebooks.append({title_of(nb, dest.stem): site_path})
+            continue
+        text = (ROOT / repo_path).read_text(encoding="utf-8")
+        dest.write_text(rewrite_links(text, repo_path, pages, repo, branch, False), encoding="utf-8")
+        if repo_path.startswith("data_cards/"):
+            nav_cards.append(site_path)
+        elif repo_path.startswith("model_cards/"):
+            nav_models.append(site_path)
+        elif repo_path == "README.md":
+            nav_top.append({"Home": site_path})
+        elif repo_path == "README.zh-CN.md":
+            nav_top.append({"中文": site_path})
+        else:
+            nav_top.append(site_path)
+    assets = src / "assets"
+    shutil.copytree(ROOT / "book" / "assets", assets)
+    tex_svg = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5" / "tex-svg.js"
+    (assets / "mathjax").mkdir()
+    shutil.copy2(tex_svg, assets / "mathjax" / "tex-svg.js")
+    readmes = sum(1 for p in ("README.md", "README.zh-CN.md") if p in pages)  # first in nav_top
+    sections = [{"Notebooks": nav_notebooks}, {"Data cards": nav_cards}]
+    sections += [{"Model cards": nav_models}] if nav_models else []
+    return nav_top[:readmes] + sections + nav_top[readmes:]
+
+
+class Refs(HTMLParser):
+    """The links, images, scripts and stylesheets of one HTML page, and its error outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.refs: list[tuple[str, str]] = []
+        self.errors = 0
+        self.in_script = False
+        self.script_urls: list[str] = []
+
+    def handle_endtag(self, tag):
+        self.in_script = self.in_script and tag != "script"
+
+    def handle_data(self, data):
+        if self.in_script:  # an inline script that fetches or imports from another host
+            self.script_urls += re.findall(r"""(?:import|fetch|src\s*=)\s*\(?\s*["'`](https?://[^"'`]+)""", data)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "a" and a.get("href"):
+            self.refs.append(("link", a["href"]))
+        elif tag == "img" and a.get("src") is not None:
+            self.refs.append(("image", a["src"]))
+        elif tag == "script" and a.get("src"):
+            self.refs.append(("script", a["src"]))
+        elif tag == "script":
+            self.in_script = True
+        elif tag == "link" and a.get("href") and "stylesheet" in (a.get("rel") or ""):
+            self.refs.append(("stylesheet", a["href"]))
+        if "output_error" in (a.get("class") or "") or a.get("data-mime-type") == "application/vnd.jupyter.error":
+            self.errors += 1
+
+
+def check_site(site: Path) -> list[str]:
+    """Problems in the built site: broken internal links, missing images, off-site scripts, errors."""
+    problems = []
+    for page in sorted(p for p in site.rglob("*.html") if p.name != "404.html"):  # 404 uses root paths
+        parser = Refs()
+        parser.feed(page.read_text(encoding="utf-8"))
+        rel = page.relative_to(site)
+        problems += [f"{rel}: inline script loads from another host: {url}" for url in parser.script_urls]
+        if parser.errors:
+            problems.append(f"{rel}: {parser.errors} error output(s)")
+        for kind, ref in parser.refs:
+            parts = urlsplit(ref)
+            if parts.scheme in ("http", "https") or ref.startswith("//"):
+                if kind in ("script", "stylesheet", "image"):
+                    problems.append(f"{rel}: {kind} loaded from another host: {ref}")
+                continue
+            if parts.scheme or not parts.path:  # data:, mailto:, or an anchor on the same page
+                if kind == "image" and not parts.scheme and not parts.path:
+                    problems.append(f"{rel}: image with an empty src")
+                continue
+            target = (page.parent / unquote(parts.path)).resolve()
+            if target.is_dir() or parts.path.endswith("/"):
+                target = target / "index.html"
+            if not target.is_file() or site.resolve() not in target.parents:
+                problems.append(f"{rel}: broken {kind} {ref}")
+    return problems
+
+
+def build(repo: str, branch: str, executed: Path) -> Path:
+    src, site, tmp_site = BOOK / "src", BOOK / "site", BOOK / "site.tmp"
+    for d in (src, tmp_site):
+        shutil.rmtree(d, ignore_errors=True)
+    try:
+        nav = assemble(src, executed, repo, branch)
+    except BuildError:
+        shutil.rmtree(src, ignore_errors=True)  # no half-assembled pages left behind
+        raise
+    config = {"INHERIT": str(ROOT / "book" / "mkdocs.yml"), "docs_dir": str(src), "site_dir": str(tmp_site),
+              "repo_url": repo, "edit_uri": "", "hooks": [str(ROOT / "book" / "hooks.py")], "nav": nav}
+    config_file = BOOK / "mkdocs.yml"
+    config_file.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-f", str(config_file)],
+                         capture_output=True, text=True)
+    if run.returncode:
+        shutil.rmtree(tmp_site, ignore_errors=True)
+        raise BuildError("mkdocs build failed:\n" + (run.stderr or run.stdout).strip())
+    problems = check_site(tmp_site)
+    if problems:
+        shutil.rmtree(tmp_site, ignore_errors=True)
+        raise BuildError(f"{len(problems)} problem(s) in the built site:\n" + "\n".join(problems))
+    shutil.rmtree(site, ignore_errors=True)
+    tmp_site.rename(site)
+    return site
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repo-url", required=True, help="the public repository, https://github.com/OWNER/REPO")
+    p.add_argument("--branch", default="main")
+    p.add_argument("--executed", type=Path, default=ROOT / "outputs" / "executed")
+    args = p.parse_args(argv)
+    try:
+        site = build(args.repo_url.rstrip("/"), args.branch, args.executed)
+    except BuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"site built: {site}/index.html ({sum(1 for _ in site.rglob('*.html'))} pages)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The command line of ``python -m sftlib.train``: DeepSpeed-Chat's arguments and every check made
+before any work (``train.parse_args`` and ``train.validate_args`` are these).
+
+``validate_args`` runs on every rank before the process group exists and reads only what the user
+gave: numbers against their ranges, flags that contradict each other, the model folder (config and
+readable weights), every local data file (decoded row by row: a bad byte or row is reported with its
+file and line) and the output folders. Each failure is one ``SFTError`` line naming the fix.
+
+Explained in notebooks/05_main_training_loop.ipynb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+from sftlib.dist import accelerator_name
+from sftlib.utils import SFTError, check_writable
+
+DTYPES = ("fp16", "bf16", "fp32")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+TB_CHILDREN = ("ds_tensorboard_logs", "sftlib")  # what --enable_tensorboard writes under --tensorboard_path
+LEARNED_POSITIONS = ("opt", "gpt2", "gpt_neo", "gpt_bigcode")  # models that cannot go past their position table
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are sftlib's one line (``error: ...``, exit 2), not usage plus a message."""
+
+    def error(self, message):
+        raise SFTError(message)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """DeepSpeed-Chat's step-1 arguments, with their defaults, plus DeepSpeed's own."""
+    import deepspeed
+
+    p = _Parser(description="Finetune a transformers model on a causal language modeling task")
+    p.add_argument("--data_path", nargs="*", default=["Dahoas/rm-static"],
+                   help="datasets, blended; a local folder with train.json/eval.json works offline")
+    p.add_argument("--data_split", type=str, default="2,4,4",
+                   help="proportions of each dataset for phases 1/2/3; SFT uses the first part")
+    p.add_argument("--sft_only_data_path", nargs="*", default=[], help="single-response sets, phase 1 only")
+    p.add_argument("--data_output_path", type=str, default="/tmp/data_files/",
+                   help="cache of split indices and tokenized sets; must be node-local")
+    p.add_argument("--model_name_or_path", type=str, required=True, help="hub id or local model folder")
+    p.add_argument("--per_device_train_batch_size", type=int, default=16)
+    p.add_argument("--per_device_eval_batch_size", type=int, default=16)
+    p.add_argument("--max_seq_len", type=int, default=512, help="pad-to and truncate-at length")
+    p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--num_train_epochs", type=int, default=1)
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--lr_scheduler_type", type=str, default="cosine",
+                   choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                            "constant_with_warmup"])
+    p.add_argument("--num_warmup_steps", type=int, default=0)
+    p.add_argument("--output_dir", type=str, default=None, help="where to save; nothing is saved when unset")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--local_rank", type=int, default=-1, help="set by the launcher")
+    p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--dropout", type=float, default=None, help="overrides every dropout key of the config")
+    p.add_argument("--offload", action="store_true", help="ZeRO offload to CPU (DeepSpeedCPUAdam)")
+    p.add_argument("--dtype", type=str, default="fp16", choices=DTYPES,
+                   help="fp16 or bf16 as in DeepSpeed-Chat; fp32 added for CPUs")
+    p.add_argument("--zero_stage", type=int, default=0)
+    p.add_argument("--lora_dim", type=int, default=0, help="LoRA rank; > 0 enables LoRA")
+    p.add_argument("--lora_module_name", type=str, default="decoder.layers.")
+    p.add_argument("--only_optimize_lora", action="store_true")
+    p.add_argument("--lora_learning_rate", type=float, default=5e-4)
+    p.add_argument("--compute_fp32_loss", action="store_true")
+    p.add_argument("--enable_tensorboard", action="store_true")
+    p.add_argument("--tensorboard_path", type=str, default="step1_tensorboard")
+    p.add_argument("--add_eot_token", action="store_true")
+    p.add_argument("--eot_token", type=str, default="<|endoftext|>")
+    p.add_argument("--print_loss", action="store_true", help="every rank prints its micro-step loss")
+    p.add_argument("--deepspeed_log_level", type=str, default=None, choices=["debug", "info", "warning", "error"],
+                   help="info brings back DeepSpeed's step= and throughput lines (2023 releases printed them)")
+    # sftlib additions (off by default, so a plain run behaves like the original)
+    p.add_argument("--seeded_sampler", action="store_true",
+                   help="train order seeded by --seed, eval unshuffled (the original: torch's defaults, seed 0, "
+                        "both shuffled)")
+    p.add_argument("--data_cache_timeout", type=float, default=7200.0,
+                   help="seconds a rank waits for its node's local rank 0 to build the dataset cache")
+    p.add_argument("--reshuffle_each_epoch", action="store_true",
+                   help="call sampler.set_epoch so each epoch sees a new order (the original repeats one order)")
+    p.add_argument("--save_steps", type=int, default=0, help="write a DeepSpeed checkpoint every N optimizer steps")
+    p.add_argument("--save_total_limit", type=int, default=None, help="keep only the newest N checkpoints")
+    p.add_argument("--checkpoint_dir", type=str, default=None, help="default: <output_dir>_checkpoints")
+    p.add_argument("--resume_from_checkpoint", type=str, default=None,
+                   help="a checkpoint folder (newest complete step) or one global_stepN inside it")
+    p.add_argument("--labels_2023", action="store_true", help="labels = input_ids, padding trained on (2023 code)")
+    p.add_argument("--mask_prompt", action="store_true",
+                   help="loss on the response only (the original also trains on the prompt)")
+    p.add_argument("--dynamic_padding", action="store_true",
+                   help="pad each batch to its longest sample (a multiple of 8), not to --max_seq_len")
+    p.add_argument("--packing", nargs="?", const="auto", default=None,
+                   choices=("auto", "mask", "padding_free", "flatten"),
+                   help="pack several samples per --max_seq_len row; attention stays within each sample. "
+                        "auto (bare --packing): padding-free where the model's attention allows, else a 4-D mask")
+    p.add_argument("--data_weights", type=float, nargs="*", default=None,
+                   help="blend --data_path sets by these weights (default: in proportion to their sizes)")
+    p.add_argument("--chat_template", type=str, default=None,
+                   help="a Jinja chat template FILE for messages data (replaces the tokenizer's; saved with it)")
+    p = deepspeed.add_config_arguments(p)
+    return p.parse_args(argv)
+
+
+
+# (flag, lowest allowed, highest allowed or None, what the range means); None values are skipped
+RANGES = [
+    ("per_device_train_batch_size", 1, None, "a positive integer"),
+    ("per_device_eval_batch_size", 1, None, "a positive integer"),
+    ("gradient_accumulation_steps", 1, None, "a positive integer"),
+    ("num_train_epochs", 1, None, "at least 1"),
+    ("max_seq_len", 2, None, "at least 2 (a prompt token and the token it predicts)"),
+    ("learning_rate", 0.0, None, "a positive number"),
+    ("lora_learning_rate", 0.0, None, "a positive number"),
+    ("weight_decay", 0.0, None, "0 or more"),
+    ("num_warmup_steps", 0, None, "0 or more"),
+    ("seed", 0, 2**32 - 1, "between 0 and 2**32 - 1 (numpy's seed range)"),
+    ("zero_stage", 0, 3, "0, 1, 2 or 3"),
+    ("lora_dim", 0, None, "0 (no LoRA) or a positive rank"),
+    ("dropout", 0.0, 1.0, "a probability in [0, 1)"),
+    ("save_steps", 0, None, "0 (no checkpoints) or a positive number of optimizer steps"),
+    ("save_total_limit", 1, None, "at least 1"),
+    ("data_cache_timeout", 0.0, None, "a positive number of seconds"),
+    ("local_rank", -1, None, "-1 or more (the launcher sets it)"),
+]
+STRICT = {"learning_rate", "lora_learning_rate", "data_cache_timeout", "dropout"}  # open bounds: lr > 0, dropout < 1
+
+
+def validate_args(args) -> None:
+    """Everything that can be checked before any work; each failure is one line naming the fix."""
+    check_numbers(args)
+    check_combinations(args)
+    check_model(args)
+    check_data(args)
+    check_outputs(args)
+
+
+def check_numbers(args) -> None:
+    """Every numeric flag within its range (and finite)."""
+    for flag, low, high, meaning in RANGES:
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        bad = not math.isfinite(value) or value < low or (high is not None and value > high)
+        if flag in STRICT:
+            bad = bad or value == (low if flag != "dropout" else high)
+        if bad:
+            raise SFTError(f"--{flag} must be {meaning} (got {value})")
+    for w in args.data_weights or []:
+        if not math.isfinite(w) or w < 0:
+            raise SFTError(f"--data_weights must be non-negative numbers (got {w})")
+
+
+def check_combinations(args) -> None:
+    """Flags that contradict each other or need another flag."""
+    if args.dtype == "fp16" and accelerator_name() == "cpu":
+        raise SFTError("--dtype fp16 does not exist on a CPU (DeepSpeed refuses it); "
+                       "use --dtype fp32 (bf16 works but is ~13x slower on AVX2 CPUs)")
+    if getattr(args, "deepspeed_config", None):
+        raise SFTError("--deepspeed_config is not read: like DeepSpeed-Chat, sftlib builds the DeepSpeed config from "
+                       "its own flags (train_batch_size = per_device_train_batch_size x gradient_accumulation_steps "
+                       "x world size, so it always divides); pass those flags instead")
+    if args.only_optimize_lora and args.lora_dim <= 0:
+        raise SFTError("--only_optimize_lora needs --lora_dim > 0, otherwise nothing would train")
+    if args.packing and args.dynamic_padding:
+        raise SFTError("--packing and --dynamic_padding exclude each other (packing already pads each batch to its "
+                       "longest row); pass one")
+    if args.save_steps > 0 and not (args.output_dir or args.checkpoint_dir):
+        raise SFTError("--save_steps needs --output_dir or --checkpoint_dir to know where checkpoints go")
+    if args.save_total_limit is not None and args.save_steps <= 0:
+        raise SFTError("--save_total_limit keeps the newest checkpoints of --save_steps; pass --save_steps N too")
+    if args.data_weights and len(args.data_weights) != len(args.data_path):
+        raise SFTError(f"--data_weights has {len(args.data_weights)} weights for {len(args.data_path)} --data_path "
+                       "entries; give one per entry")
+    if args.data_weights and sum(args.data_weights) <= 0:
+        raise SFTError("--data_weights are all zero; give at least one set a positive weight")
+    if args.chat_template and not os.path.isfile(args.chat_template):
+        raise SFTError(f"--chat_template {args.chat_template}: no such file; give a Jinja chat template file")
+    if args.add_eot_token and not args.eot_token.strip():
+        raise SFTError("--add_eot_token needs a non-empty --eot_token")
+    from sftlib.data.splits import parse_data_split
+
+    parse_data_split(args.data_split)
+
+
+def check_model(args) -> None:
+    """A local model folder has a readable config.json and readable weights (a truncated file fails here)."""
+    name = str(args.model_name_or_path)
+    if not os.path.isdir(name):
+        if os.path.exists(name) or not HUB_ID.match(name):
+            raise SFTError(f"--model_name_or_path {name}: no such model folder")
+        return  # a hub id: loading it says whether it is reachable
+    folder = Path(name)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SFTError(f"--model_name_or_path {name}: no config.json; pass a Hugging Face model folder") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SFTError(f"--model_name_or_path {name}: config.json is not valid json ({err})") from None
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
+    if not weights:
+        raise SFTError(f"--model_name_or_path {name}: no weights (model*.safetensors or pytorch_model*.bin)")
+    for path in weights:
+        _check_weights_file(path)
+    limit = config.get("max_position_embeddings") or config.get("n_positions")
+    if config.get("model_type") in LEARNED_POSITIONS and limit and args.max_seq_len > limit:
+        raise SFTError(f"--max_seq_len {args.max_seq_len} is longer than {name}'s position table ({limit}); "
+                       f"pass --max_seq_len {limit} or less")
+
+
+def _check_weights_file(path: Path) -> None:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                f.keys()
+        except Exception as err:  # safetensors raises its own error type for a short or corrupt file
+            raise SFTError(f"model weights {path} are unreadable ({str(err).splitlines()[0]}); "
+                           "copy the model folder again") from None
+    else:
+        import zipfile
+
+        try:
+            zipfile.ZipFile(path).close()  # torch.save's zip: a truncated file has no central directory
+        except (zipfile.BadZipFile, OSError) as err:
+            raise SFTError(f"model weights {path} are unreadable ({err}); copy the model folder again") from None
+
+
+def check_data(args) -> None:
+    """Every --data_path/--sft_only_data_path entry resolves, and every local file decodes row by row."""
+    from sftlib.data.registry import resolve_data_path
+    from sftlib.data.sources import load_local
+
+    for path in list(args.data_path) + list(args.sft_only_data_path):
+        if not os.path.exists(path) and (os.sep in path.strip("/") and path.startswith((".", "/", "~"))):
+            raise SFTError(f"--data_path {path}: no such file or folder")
+        spec, source = resolve_data_path(path)
+        if source is not None:
+            load_local(spec, source)
+
+
+def output_children(args) -> set[str]:
+    """Names inside --output_dir that this run itself writes (TensorBoard logs, checkpoints): the final
+    save writes the model files beside them and never touches them."""
+    if args.output_dir is None:
+        return set()
+    out = Path(args.output_dir).absolute()
+    inside = []
+    if args.enable_tensorboard:
+        inside += [Path(args.tensorboard_path).absolute() / c for c in TB_CHILDREN]
+    from sftlib.checkpoint import default_dir
+
+    ckpt = default_dir(args)
+    if ckpt and (args.save_steps > 0 or args.resume_from_checkpoint):
+        inside.append(Path(ckpt).absolute())
+    if args.resume_from_checkpoint:
+        inside.append(Path(args.resume_from_checkpoint).absolute())
+    return {p.relative_to(out).parts[0] for p in inside if p != out and p.is_relative_to(out)}
+
+
+def check_outputs(args) -> None:
+    """Decided before any training: the output folder can take the model, and this run's log and
+    checkpoint folders do not collide with it."""
+    if args.resume_from_checkpoint and not os.path.exists(args.resume_from_checkpoint):
+        raise SFTError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such folder")
+    if args.output_dir is None:
+        return
+    out = Path(args.output_dir).absolute()
+    from sftlib.checkpoint import default_dir
+
+    ckpt = default_dir(args)
+    if ckpt and args.save_steps > 0 and (out == Path(ckpt).absolute() or out.is_relative_to(Path(ckpt).absolute())):
+        raise SFTError(f"--output_dir {args.output_dir} is (inside) the checkpoint folder {ckpt}; "
+                       "keep the model folder apart, e.g. --checkpoint_dir <output_dir>/checkpoints")
+    if args.enable_tensorboard:
+        for child in TB_CHILDREN:
+            logs = Path(args.tensorboard_path).absolute() / child
+            if out == logs or out.is_relative_to(logs):
+                raise SFTError(f"--output_dir {args.output_dir} is inside TensorBoard's {logs}; pick another folder")
+    check_writable(args.output_dir, allow=output_children(args))

@@ -1,0 +1,155 @@
+"""sftlib.arguments: every bad input is refused before any work, in one line, exit 2, nothing written.
+
+Each case runs ``python -m sftlib.train`` in-process through ``sftlib.cli.run`` (the same code path
+as the command line, without a new interpreter per case). ``python tests/test_validation.py`` prints
+the table of inputs and errors."""
+
+import json
+import shutil
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+
+def bad_data(world, tmp, kind):
+    folder = tmp / f"data_{kind}"
+    folder.mkdir()
+    shutil.copy(world["data"] / "eval.json", folder / "eval.json")
+    lines = (world["data"] / "train.json").read_bytes().splitlines(keepends=True)
+    if kind == "bytes":
+        lines[6] = lines[6].replace(b'"prompt": "', b'"prompt": "\xff')
+    elif kind == "json":
+        lines[6] = b'{"prompt": "unterminated\n'
+    elif kind == "row":
+        lines[6] = json.dumps({"prompt": "no answer"}).encode() + b"\n"
+    (folder / "train.json").write_bytes(b"".join(lines))
+    return str(folder)
+
+
+def bad_model(world, tmp, kind):
+    folder = tmp / f"model_{kind}"
+    shutil.copytree(world["opt"], folder)
+    if kind == "truncated":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif kind == "no_config":
+        (folder / "config.json").unlink()
+    return str(folder)
+
+
+def foreign_output(tmp):
+    (tmp / "out").mkdir()
+    (tmp / "out" / "notes.txt").write_text("mine")
+    return None
+
+
+# (id, change: flag -> value (None removes the flag) or a callable(world, tmp) returning such a dict, error text)
+CASES = [
+    ("fp16 on a CPU", {"--dtype": "fp16"}, "--dtype fp16 does not exist on a CPU"),
+    ("unknown dtype", {"--dtype": "fp8"}, "argument --dtype: invalid choice: 'fp8'"),
+    ("missing model", {"--model_name_or_path": "./no/such/model"}, "no such model folder"),
+    ("no model flag", {"--model_name_or_path": None}, "the following arguments are required: --model_name_or_path"),
+    ("missing data", {"--data_path": "./no/such/data"}, "no such file or folder"),
+    ("unknown dataset", {"--data_path": "nobody/no-such-set"}, "unknown dataset 'nobody/no-such-set'"),
+    ("zero epochs", {"--num_train_epochs": "0"}, "--num_train_epochs must be at least 1"),
+    ("max_seq_len 0", {"--max_seq_len": "0"}, "--max_seq_len must be at least 2"),
+    ("max_seq_len too long", {"--max_seq_len": "4096"}, "longer than"),
+    ("zero stage 5", {"--zero_stage": "5"}, "--zero_stage must be 0, 1, 2 or 3"),
+    ("negative lr", {"--learning_rate": "-0.001"}, "--learning_rate must be a positive number"),
+    ("nan lr", {"--learning_rate": "nan"}, "--learning_rate must be a positive number"),
+    ("zero lora lr", {"--lora_learning_rate": "0"}, "--lora_learning_rate must be a positive number"),
+    ("batch 0", {"--per_device_train_batch_size": "0"}, "--per_device_train_batch_size must be a positive integer"),
+    ("eval batch -2", {"--per_device_eval_batch_size": "-2"}, "--per_device_eval_batch_size must be a positive"),
+    ("not a number", {"--per_device_train_batch_size": "many"}, "invalid int value: 'many'"),
+    ("GAS 0", {"--gradient_accumulation_steps": "0"}, "--gradient_accumulation_steps must be a positive integer"),
+    ("negative weight decay", {"--weight_decay": "-0.1"}, "--weight_decay must be 0 or more"),
+    ("negative warmup", {"--num_warmup_steps": "-1"}, "--num_warmup_steps must be 0 or more"),
+    ("negative seed", {"--seed": "-1"}, "--seed must be between 0 and 2**32 - 1"),
+    ("dropout 1.5", {"--dropout": "1.5"}, "--dropout must be a probability in [0, 1)"),
+    ("negative lora_dim", {"--lora_dim": "-4"}, "--lora_dim must be 0 (no LoRA) or a positive rank"),
+    ("negative save_steps", {"--save_steps": "-1"}, "--save_steps must be 0"),
+    ("save_total_limit 0", {"--save_steps": "5", "--save_total_limit": "0"}, "--save_total_limit must be at least 1"),
+    ("limit without saves", {"--save_total_limit": "2"}, "pass --save_steps N too"),
+    ("cache timeout 0", {"--data_cache_timeout": "0"}, "--data_cache_timeout must be a positive number"),
+    ("unknown scheduler", {"--lr_scheduler_type": "triangle"}, "argument --lr_scheduler_type: invalid choice"),
+    ("unknown flag", {"--learning-rate": "1e-3"}, "unrecognized arguments: --learning-rate"),
+    ("packing + dynamic padding", {"--packing": "mask", "--dynamic_padding": ""}, "exclude each other"),
+    ("only-LoRA without LoRA", {"--only_optimize_lora": ""}, "--only_optimize_lora needs --lora_dim > 0"),
+    ("weights count", {"--data_weights": "1 2"}, "--data_weights has 2 weights for 1 --data_path"),
+    ("negative weight", {"--data_weights": "-1"}, "--data_weights must be non-negative"),
+    ("two-part split", {"--data_split": "1,2"}, "has 2 parts; it needs 3"),
+    ("word split", {"--data_split": "a,b,c"}, "use 3 comma-separated numbers"),
+    ("empty eot", {"--add_eot_token": "", "--eot_token": [" "]}, "--add_eot_token needs a non-empty --eot_token"),
+    ("deepspeed_config", {"--deepspeed_config": "ds.json"}, "--deepspeed_config is not read"),
+    ("missing resume folder", {"--resume_from_checkpoint": "./no/ckpt"}, "no such folder"),
+    ("non-UTF-8 data", lambda w, t: {"--data_path": bad_data(w, t, "bytes")}, "train.json:7: byte 0xff at column"),
+    ("malformed json line", lambda w, t: {"--data_path": bad_data(w, t, "json")}, "train.json:7: malformed json"),
+    ("row without chosen", lambda w, t: {"--data_path": bad_data(w, t, "row")}, "train.json:7: line is missing"),
+    ("truncated weights", lambda w, t: {"--model_name_or_path": bad_model(w, t, "truncated")}, "are unreadable"),
+    ("model without config", lambda w, t: {"--model_name_or_path": bad_model(w, t, "no_config")}, "no config.json"),
+    ("output dir is a file", lambda w, t: {"--output_dir": str((t / "f").write_text("x") and t / "f")}, "is a file"),
+    ("foreign output dir", lambda w, t: foreign_output(t) or {}, "not empty and is not a previous save"),
+    ("checkpoints = output", lambda w, t: {"--save_steps": "5", "--checkpoint_dir": str(t / "out")},
+     "inside) the checkpoint folder"),
+    ("output inside TB logs", lambda w, t: {"--enable_tensorboard": "", "--tensorboard_path": str(t),
+                                            "--output_dir": str(t / "sftlib" / "m")}, "inside TensorBoard's"),
+]
+
+
+def argv_for(world, tmp, change):
+    base = {"--model_name_or_path": str(world["opt"]), "--data_path": str(world["data"]), "--data_split": "10,0,0",
+            "--max_seq_len": "48", "--dtype": "fp32", "--output_dir": str(tmp / "out"),
+            "--data_output_path": str(tmp / "cache")}
+    base.update(change(world, tmp) if callable(change) else change)
+    argv = []
+    for flag, value in base.items():
+        if value is not None:
+            argv += [flag] + (value if isinstance(value, list) else value.split())
+    return argv
+
+
+def refuse(world, tmp, change, capsys):
+    from sftlib import cli, train
+
+    argv = argv_for(world, tmp, change)
+    before = sorted(p.name for p in tmp.iterdir())
+    with pytest.raises(SystemExit) as info:
+        cli.run(train.main, argv)
+    err = capsys.readouterr().err.strip()
+    assert sorted(p.name for p in tmp.iterdir()) == before, "nothing written"
+    return info.value.code, err
+
+
+@pytest.mark.parametrize("case, change, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_in_one_line_before_any_work(world, tmp_path, capsys, case, change, message):
+    code, err = refuse(world, tmp_path, change, capsys)
+    assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert message in err, err
+
+
+if __name__ == "__main__":  # the table: input, one-line error
+    import os
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, ROOT)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    class Capture:
+        def readouterr(self):
+            return type("R", (), {"err": sys.stderr.getvalue()})()
+
+    from sftlib.lessons.toy import ensure_toy_world
+
+    world = ensure_toy_world(("opt",))
+    print("| # | bad input | error |\n|---|---|---|")
+    for i, (case, change, _) in enumerate(CASES, 1):
+        tmp = Path(tempfile.mkdtemp())
+        real, sys.stderr = sys.stderr, __import__("io").StringIO()
+        try:
+            _, err = refuse(world, tmp, change, Capture())
+        finally:
+            sys.stderr, captured = real, sys.stderr
+        print(f"| {i} | {case} | `{err.replace(str(tmp), '<tmp>').replace(ROOT, '.')}` |")
