@@ -61,8 +61,13 @@ book: notebooks
 	$(PY) book/build.py --repo-url $(REPO_URL) --branch $(BRANCH)
 
 # Headless Chromium opens every page of the built site (screenshots in outputs/book/screenshots).
-browser: book chromium
-	SFTLIB_SITE_REQUIRED=1 $(PY) -m pytest -q tests/browser
+# Chromium comes from Debian (installed here when missing and run as root with apt). Where it cannot be
+# installed the browser test is skipped with a warning, unless SFTLIB_REQUIRE_BROWSER=1 (CI sets it).
+browser: book
+	@if $(MAKE) --no-print-directory chromium; then \
+	  SFTLIB_SITE_REQUIRED=1 $(PY) -m pytest -q tests/browser; \
+	elif [ "$$SFTLIB_REQUIRE_BROWSER" = 1 ]; then exit 2; \
+	else echo "warning: browser test SKIPPED (no chromium); install Debian's chromium and chromium-driver"; fi
 
 chromium:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \

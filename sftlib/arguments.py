@@ -172,6 +172,9 @@ def check_combinations(args) -> None:
     if args.packing and args.dynamic_padding:
         raise SFTError("--packing and --dynamic_padding exclude each other (packing already pads each batch to its "
                        "longest row); pass one")
+    if args.labels_2023 and (args.mask_prompt or args.dynamic_padding or args.packing):
+        raise SFTError("--labels_2023 reproduces the 2023 labels (input ids, padding included) of rows padded to "
+                       "--max_seq_len; drop --mask_prompt, --dynamic_padding and --packing")
     if args.save_steps > 0 and not (args.output_dir or args.checkpoint_dir):
         raise SFTError("--save_steps needs --output_dir or --checkpoint_dir to know where checkpoints go")
     if args.save_total_limit is not None and args.save_steps <= 0:

@@ -57,6 +57,7 @@ CASES = [
     ("max_seq_len 0", {"--max_seq_len": "0"}, "--max_seq_len must be at least 2"),
     ("max_seq_len too long", {"--max_seq_len": "4096"}, "longer than"),
     ("zero stage 5", {"--zero_stage": "5"}, "--zero_stage must be 0, 1, 2 or 3"),
+    ("2023 labels with packing", {"--labels_2023": "", "--packing": ""}, "--labels_2023 reproduces the 2023 labels"),
     ("negative lr", {"--learning_rate": "-0.001"}, "--learning_rate must be a positive number"),
     ("nan lr", {"--learning_rate": "nan"}, "--learning_rate must be a positive number"),
     ("zero lora lr", {"--lora_learning_rate": "0"}, "--lora_learning_rate must be a positive number"),
