@@ -39,6 +39,7 @@ def run(main, argv=None) -> None:
             print(line, file=sys.stderr, flush=True)
         _leave_group()
         sys.exit(2)
+    _leave_group()  # a rank that exits with its group's threads alive can abort ("terminate called ...")
 
 
 def _leave_group() -> None:
