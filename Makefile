@@ -62,7 +62,7 @@ book: notebooks
 
 # Headless Chromium opens every page of the built site (screenshots in outputs/book/screenshots).
 # Chromium comes from Debian (installed here when missing and run as root with apt). Where it cannot be
-# installed the browser test is skipped with a warning, unless SFTLIB_REQUIRE_BROWSER=1 (CI sets it).
+# installed the browser test is skipped with a warning, unless SFTLIB_REQUIRE_BROWSER=1.
 browser: book
 	@if $(MAKE) --no-print-directory chromium; then \
 	  SFTLIB_SITE_REQUIRED=1 $(PY) -m pytest -q tests/browser; \
