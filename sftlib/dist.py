@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import sys
 import tempfile
 import time
 
@@ -109,7 +110,34 @@ def init_distributed() -> None:
 
         backend = get_accelerator().communication_backend_name()
         dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
+    probe_ops_quietly()
     deepspeed.init_distributed()
+
+
+def probe_ops_quietly() -> None:
+    """Run DeepSpeed's one-off op probe with file descriptor 2 sent to a scratch file.
+
+    On a CPU, ``deepspeed.init_distributed`` asks which ops can be built (``deepspeed.ops.__compatible_ops__``):
+    for ``async_io`` it compiles and links a test program against libaio. DeepSpeed silences the compiler by
+    redirecting ``sys.stderr.fileno()`` (``op_builder/builder.py``, ``has_function``), but in a Jupyter kernel
+    that is a copy of descriptor 2, not 2 itself (``ipykernel/iostream.py``, ``OutStream.fileno``), so the
+    linker's ``cannot find -laio`` reached the page. The probe's result is unchanged; only its noise goes.
+    """
+    import deepspeed.ops
+
+    if "__compatible_ops__" in vars(deepspeed.ops):  # probed once per process
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                _ = deepspeed.ops.__compatible_ops__  # the first access runs the probe
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def unwrap(model):
