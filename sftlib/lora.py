@@ -25,6 +25,7 @@ Explained in notebooks/03_lora_conversion.ipynb.
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import torch
@@ -282,26 +283,35 @@ def lora_state_for_peft(model) -> tuple[dict[str, torch.Tensor], dict]:
     return state, settings
 
 
-def export_peft_adapter(model, base_model_name_or_path, out_dir, global_rank=0):
+def export_peft_adapter(model, base_model_name_or_path, out_dir, global_rank=0, base_model_path=None):
     """Write the LoRA weights as a PEFT adapter folder that ``peft.PeftModel.from_pretrained`` loads.
 
     ``out_dir`` gets ``adapter_config.json`` (``r``, ``lora_alpha = lora_scaling``, the exact module
-    names, ``base_model_name_or_path``) and ``adapter_model.safetensors``. The base model must be
-    the one LoRA was added to, with the same vocabulary size. Under ZeRO-3 every rank calls this and
-    ``global_rank`` 0 writes. Returns ``out_dir``.
+    names, ``base_model_name_or_path``) and ``adapter_model.safetensors``. The adapter travels, so
+    ``base_model_name_or_path`` is written as given and must be what its user will load: a hub id
+    (``"facebook/opt-1.3b"``) or a relative path (``"toy_world/opt-tiny"``); an absolute path, which
+    names a folder of this machine only, is refused. ``base_model_path`` is where the base model is
+    here, when the name does not reach it from the current folder; it is only read, to check that
+    the vocabulary sizes agree (the base model must be the one LoRA was added to). Under ZeRO-3
+    every rank calls this and ``global_rank`` 0 writes. Returns ``out_dir``.
     """
     from peft import LoraConfig
     from safetensors.torch import save_file
 
+    name = str(base_model_name_or_path)
+    if os.path.isabs(name):
+        raise SFTError(f"base_model_name_or_path {name!r} is an absolute path of this machine, and the adapter "
+                       f"config would carry it; pass a hub id or a relative path (e.g. {os.path.basename(name)!r}), "
+                       f"and base_model_path={name!r} to check the vocabulary against it")
     state, settings = lora_state_for_peft(model)
     if global_rank != 0:
         return out_dir
-    _warn_if_vocab_differs(model, base_model_name_or_path)
+    _warn_if_vocab_differs(model, base_model_path if base_model_path is not None else name)
     alpha = settings["lora_alpha"]
     config = LoraConfig(r=settings["r"], lora_alpha=int(alpha) if float(alpha).is_integer() else alpha,
                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
                         target_modules=settings["target_modules"], fan_in_fan_out=settings["fan_in_fan_out"],
-                        base_model_name_or_path=str(base_model_name_or_path))
+                        base_model_name_or_path=name)
     config.save_pretrained(str(out_dir))
     prefix = "base_model.model."
     save_file({prefix + k: v for k, v in state.items()}, f"{out_dir}/adapter_model.safetensors",

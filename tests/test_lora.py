@@ -126,17 +126,34 @@ def test_exported_peft_adapter_reproduces_outputs(world, tmp_path):
     model = randomise_lora(lora.convert_linear_layer_to_lora(load(world, "opt"), "decoder.layers.", 8))
     x = ids()
     expected = logits(model, x)
-    lora.export_peft_adapter(model, str(world["opt"]), tmp_path / "adapter")
+    lora.export_peft_adapter(model, "toy_world/opt-tiny", tmp_path / "adapter", base_model_path=world["opt"])
     cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert cfg["r"] == 8 and cfg["lora_alpha"] == 1 and cfg["base_model_name_or_path"] == str(world["opt"])
+    assert cfg["r"] == 8 and cfg["lora_alpha"] == 1 and cfg["base_model_name_or_path"] == "toy_world/opt-tiny"
     peft_model = PeftModel.from_pretrained(load(world, "opt"), str(tmp_path / "adapter")).eval()
     assert (logits(peft_model, x) - expected).abs().max().item() < 1e-5
     model.resize_token_embeddings(cfg_vocab := model.config.vocab_size + 8)
     with pytest.warns(UserWarning, match=f"resize_token_embeddings\\({cfg_vocab}\\)"):
-        lora.export_peft_adapter(model, str(world["opt"]), tmp_path / "resized")
+        lora.export_peft_adapter(model, "toy_world/opt-tiny", tmp_path / "resized", base_model_path=world["opt"])
     lora.convert_lora_to_linear_layer(model)
     with pytest.raises(SFTError, match="unfuse"):
-        lora.export_peft_adapter(model, str(world["opt"]), tmp_path / "again")
+        lora.export_peft_adapter(model, "toy_world/opt-tiny", tmp_path / "again")
+
+
+def test_exported_adapter_names_a_base_its_user_can_load(world, tmp_path, monkeypatch):
+    """The config carries the name as given (a hub id or a relative path), never this machine's absolute path."""
+    from peft import AutoPeftModelForCausalLM
+
+    model = randomise_lora(lora.convert_linear_layer_to_lora(load(world, "opt"), "decoder.layers.", 8))
+    expected = logits(model, ids())
+    with pytest.raises(SFTError, match="absolute path") as err:
+        lora.export_peft_adapter(model, str(world["opt"]), tmp_path / "absolute")
+    assert f"base_model_path={str(world['opt'])!r}" in str(err.value) and not (tmp_path / "absolute").exists()
+    monkeypatch.chdir(world["opt"].parent)  # where the user stands: the base is a relative folder there
+    lora.export_peft_adapter(model, world["opt"].name, tmp_path / "adapter")
+    written = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert written == world["opt"].name
+    reloaded = AutoPeftModelForCausalLM.from_pretrained(str(tmp_path / "adapter"), dtype=torch.float32).eval()
+    assert (logits(reloaded, ids()) - expected).abs().max().item() < 1e-5  # the base found from the config alone
 
 
 def test_gpt2_conv1d_layers_are_converted_not_skipped(tmp_path):
@@ -155,7 +172,7 @@ def test_gpt2_conv1d_layers_are_converted_not_skipped(tmp_path):
     x = ids(vocab=100)
     out = logits(model, x)
     base.save_pretrained(tmp_path / "base")
-    lora.export_peft_adapter(model, tmp_path / "base", tmp_path / "ad")
+    lora.export_peft_adapter(model, "base", tmp_path / "ad", base_model_path=tmp_path / "base")
     assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["fan_in_fan_out"] is True
     reloaded = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(tmp_path / "base"), tmp_path / "ad").eval()
     assert (logits(reloaded, x) - out).abs().max().item() < 1e-5
