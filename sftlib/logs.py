@@ -8,8 +8,9 @@ One row per recognised line; ``kind`` says which:
 ``ppl``            ``ppl: x`` (2023) or ``ppl: x, loss: y`` (later DeepSpeed-Chat and sftlib)
 ``token_ppl``      sftlib's ``token-weighted ppl: x`` (every label token counts once)
 ``epoch``          ``Beginning of Epoch k/N, Total Micro Batches m``
-``overflow``       fp16 skipped steps: ``OVERFLOW! Rank 0 Skipping step. Attempted loss scale: ...``
-                   (and the 2023 ``Overflow detected. Skipping step.`` form)
+``overflow``       fp16 skipped steps: ``OVERFLOW! Rank 0 Skipping step. Attempted loss scale: ...``, either
+                   ``reducing to b`` (``new_loss_scale``) or ``but hysteresis is h`` (``hysteresis``: the
+                   scale stays); also the ``Overflow detected. Skipping step.`` form
 ``loss_scale``     ``Grad overflow on iteration n`` / ``Reducing dynamic loss scale from a to b``
 ``ds_step``        DeepSpeed's ``step=..., skipped=..., lr=[...], mom=[...]``
 ``throughput``     the throughput timer: ``epoch=e/micro_step=m/global_step=g, RunningAvgSamplesPerSec=..``
@@ -38,7 +39,7 @@ from sftlib.cli import run
 from sftlib.utils import SFTError
 
 COLUMNS = ["line", "kind", "time", "rank", "epoch", "num_epochs", "step", "micro_step", "loss", "ppl", "lr",
-           "mom", "skipped", "loss_scale", "new_loss_scale", "samples_per_s", "avg_samples_per_s",
+           "mom", "skipped", "loss_scale", "new_loss_scale", "hysteresis", "samples_per_s", "avg_samples_per_s",
            "tokens_per_s", "tflops", "mem_gb", "max_mem_gb", "micro_batches", "world_size", "text"]
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf|nan"
@@ -52,7 +53,7 @@ _PPL = re.compile(rf"(?:^|\] )ppl: ({_NUM})(?:, loss: ({_NUM}))?")
 _TOKEN_PPL = re.compile(rf"token-weighted ppl: ({_NUM})")
 _EPOCH = re.compile(r"Beginning of Epoch (\d+)/(\d+), Total Micro Batches (\d+)")
 _OVERFLOW = re.compile(r"OVERFLOW!|Overflow detected\. Skipping step")
-_SCALE = re.compile(rf"Attempted loss scale: ({_NUM})(?:, reducing to ({_NUM}))?")
+_SCALE = re.compile(rf"Attempted loss scale: ({_NUM})(?:, reducing to ({_NUM})|, but hysteresis is (\d+))?")
 _REDUCE = re.compile(rf"Reducing dynamic loss scale from ({_NUM}) to ({_NUM})")
 _GRAD_OVERFLOW = re.compile(r"Grad overflow on iteration (\d+)")
 _DS_STEP = re.compile(r"\bstep=(\d+), skipped=(\d+), lr=(\[.*?\]|\S+), mom=(.*)$")
@@ -131,6 +132,7 @@ def parse_segment(text: str) -> dict | None:
         m = _SCALE.search(msg)
         return {**row, "kind": "overflow", "loss_scale": float(m[1]) if m else None,
                 "new_loss_scale": float(m[2]) if m and m[2] else None,
+                "hysteresis": int(m[3]) if m and m[3] else None,
                 "rank": int(r[1]) if (r := re.search(r"OVERFLOW! Rank (\d+)", msg)) else row.get("rank")}
     if m := _REDUCE.search(msg):
         return {**row, "kind": "loss_scale", "loss_scale": float(m[1]), "new_loss_scale": float(m[2])}

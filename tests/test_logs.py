@@ -1,17 +1,28 @@
 """sftlib.logs: every perplexity, step and overflow line of a log is recovered, whatever its vintage."""
 
+import math
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
+from deepspeed.runtime.config import DeepSpeedConfig
+from deepspeed.runtime.fp16 import loss_scaler
 
 from sftlib.cli import run
+from sftlib.ds_config import get_train_ds_config
 from sftlib.logs import main as logs_cli
 from sftlib.logs import parse_log, parse_segment
 from tests.helpers import run_cli
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ds_chat_2023.log"
+# The fixture is a shortened run shaped like DeepSpeed-Chat's published OPT-1.3B step-1 log
+# (training_log_output/opt-1.3b-globalBatchSize128.log: 16 V100s x 8 per GPU, no accumulation, fp16,
+# ZeRO-2), 2 epochs of 60 steps; these optimizer steps (1-based) overflowed:
+OVERFLOW_STEPS = [1, 2, 3, 4, 5, 6, 111, 112]
+FIXTURE_STEPS, FIXTURE_LR = 120, 9.65e-6  # epochs x steps per epoch; --learning_rate, cosine, no warmup
 
 
 def count_lines(text, needle):
@@ -29,7 +40,7 @@ def test_deepspeed_chat_2023_log_every_line_recovered():
     assert kinds["throughput"] == count_lines(text, "RunningAvgSamplesPerSec=")
     assert kinds["epoch"] == count_lines(text, "Beginning of Epoch") == 2
     assert kinds["launcher"] == count_lines(text, "[launch.py:") + count_lines(text, "[runner.py:")
-    assert df.attrs["world_size"] == 8
+    assert df.attrs["world_size"] == 16 == count_lines(text, "exits successfully")
     ppl = df[df.kind == "ppl"]
     expected = [float(x) for x in re.findall(r"^ppl: (\S+)$", text, re.M)]
     assert ppl["ppl"].tolist() == expected and ppl["epoch"].tolist() == [0, 1, 2]
@@ -39,6 +50,38 @@ def test_deepspeed_chat_2023_log_every_line_recovered():
     assert steps["lr"].is_monotonic_decreasing and (steps["mom"] == 0.9).all()
     halving = df[(df.kind == "overflow") & df.new_loss_scale.notna()]
     assert (halving["new_loss_scale"] * 2 == halving["loss_scale"]).all()
+    spent = df[(df.kind == "overflow") & df.hysteresis.notna()]
+    assert len(spent) + len(halving) == kinds["overflow"] and spent["hysteresis"].tolist() == [2, 2]
+
+
+def test_fixture_overflows_are_what_deepspeeds_loss_scaler_prints(monkeypatch):
+    """Drive DeepSpeed's own DynamicLossScaler, configured from DeepSpeed-Chat's fp16 block, through the
+    fixture's steps: it prints the fixture's OVERFLOW lines, in order, between the right step= lines."""
+    config = {**get_train_ds_config(offload=False, dtype="fp16"), "train_batch_size": 8,
+              "train_micro_batch_size_per_gpu": 8}
+    scaler_args = DeepSpeedConfig(config).float16_config.dynamic_loss_scale_args()
+    assert scaler_args == {"init_scale": 2 ** 16, "scale_window": 100, "delayed_shift": 2,
+                           "consecutive_hysteresis": False, "min_scale": 1}  # DeepSpeed's defaults + window 100
+    printed = []
+    monkeypatch.setattr(loss_scaler.dist, "get_rank", lambda *args, **kwargs: 0)  # no process group here
+    monkeypatch.setattr(loss_scaler, "logger", SimpleNamespace(info=printed.append))
+    scaler = loss_scaler.CreateLossScaler(torch.half, 0, True, scaler_args)
+    for step in range(1, FIXTURE_STEPS + 1):
+        scaler.update_scale(step in OVERFLOW_STEPS)
+    df = parse_log(FIXTURE)
+    over = df[df.kind == "overflow"]
+    assert [t.split("] ", 3)[-1] for t in over["text"]] == printed and len(printed) == len(OVERFLOW_STEPS)
+    # each OVERFLOW line sits between the step= lines around its step, and skipped= counts them
+    last_step = df["step"].where(df.kind == "ds_step").ffill().fillna(0)
+    next_step = df["step"].where(df.kind == "ds_step").bfill()
+    assert (last_step[over.index].tolist() == [10 * ((s - 1) // 10) for s in OVERFLOW_STEPS])
+    assert (next_step[over.index].tolist() == [10 * -(-s // 10) for s in OVERFLOW_STEPS])
+    steps = df[df.kind == "ds_step"]
+    assert steps["skipped"].tolist() == [sum(o <= s for o in OVERFLOW_STEPS) for s in steps["step"]]
+    # the scheduler does not advance on a skipped step: lr = cosine(step - skipped)
+    lr = [FIXTURE_LR * 0.5 * (1 + math.cos(math.pi * (s - k) / FIXTURE_STEPS))
+          for s, k in zip(steps["step"], steps["skipped"])]
+    assert steps["lr"].tolist() == pytest.approx(lr, rel=1e-12)
 
 
 @pytest.mark.parametrize("line, expected", [
@@ -57,6 +100,9 @@ def test_deepspeed_chat_2023_log_every_line_recovered():
     ("[2023-04-14 07:20:47,081] [INFO] [logging.py:96:log_dist] [Rank 0] Overflow detected. Skipping step. "
      "Attempted loss scale: 65536, reducing to 32768.0",
      {"kind": "overflow", "loss_scale": 65536.0, "new_loss_scale": 32768.0, "rank": 0}),
+    ("[2023-04-18 01:46:52,554] [INFO] [loss_scaler.py:188:update_scale] [deepspeed] OVERFLOW! Rank 0 Skipping "
+     "step. Attempted loss scale: 65536, but hysteresis is 2. Reducing hysteresis to 1",
+     {"kind": "overflow", "loss_scale": 65536.0, "new_loss_scale": None, "hysteresis": 2, "rank": 0}),
     ("[deepspeed] OVERFLOW! Skipping step. Gradients are non-finite, weights were not updated.", {"kind": "overflow"}),
     ("[2023-04-14 07:20:47,080] [INFO] [fused_optimizer.py:363:_update_scale] Reducing dynamic loss scale "
      "from 65536 to 32768.0", {"kind": "loss_scale", "loss_scale": 65536.0, "new_loss_scale": 32768.0}),
