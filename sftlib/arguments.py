@@ -238,16 +238,25 @@ def _check_weights_file(path: Path) -> None:
 
 
 def check_data(args) -> None:
-    """Every --data_path/--sft_only_data_path entry resolves, and every local file decodes row by row."""
+    """Every --data_path/--sft_only_data_path entry resolves, every local file decodes row by row (chats:
+    every turn's role), and, when every set is local, phase 1 gets train and eval rows from the split
+    (``sftlib.data.build.check_split_rows``, which the build runs again for hub sets)."""
+    from sftlib.data.build import check_split_rows
+    from sftlib.data.raw import PromptRawDataset
     from sftlib.data.registry import resolve_data_path
-    from sftlib.data.sources import load_local
 
-    for path in list(args.data_path) + list(args.sft_only_data_path):
+    sets, all_local = [], True
+    for path, sft in [(p, False) for p in args.data_path] + [(p, True) for p in args.sft_only_data_path]:
         if not os.path.exists(path) and (os.sep in path.strip("/") and path.startswith((".", "/", "~"))):
             raise SFTError(f"--data_path {path}: no such file or folder")
         spec, source = resolve_data_path(path)
-        if source is not None:
-            load_local(spec, source)
+        if source is None:
+            all_local = False
+            continue
+        raw = PromptRawDataset("", args.seed, -1, spec.name, source=source, spec=spec)  # reads, writes nothing
+        sets.append((path, "10,0,0" if sft else args.data_split, sft, raw))
+    if all_local:
+        check_split_rows(sets, train_phase=1)
 
 
 def output_children(args) -> set[str]:

@@ -21,11 +21,11 @@ from sftlib.data.cache import (
     tokenizer_fingerprint,
     wait_for_cache,
 )
-from sftlib.data.messages import chat_template_of
+from sftlib.data.messages import chat_template_of, check_roles_rendered
 from sftlib.data.raw import get_raw_dataset
 from sftlib.data.registry import resolve_data_path
 from sftlib.data.sources import fingerprint_source, load_hub, select_rows
-from sftlib.data.splits import get_raw_dataset_split_index, get_shuffle_idx, parse_data_split
+from sftlib.data.splits import get_raw_dataset_split_index, get_shuffle_idx, parse_data_split, part_sizes
 from sftlib.data.tokenize import tokenize_split
 from sftlib.dist import global_rank
 from sftlib.utils import SFTError
@@ -56,10 +56,12 @@ def _blend(tables, seed: int, weights=None, always_shuffle=False):
     import datasets
 
     alone = len(tables) == 1 and not always_shuffle
+    if weights is not None:  # an empty set drops out with its weight
+        weights = [w for t, w in zip(tables, weights) if len(t)]
     tables = [t for t in tables if len(t)]
     if not tables:
         return None
-    if weights is not None:
+    if weights is not None and sum(weights) > 0:
         total, wsum = sum(len(t) for t in tables), float(sum(weights))
         picked = []
         for i, (t, w) in enumerate(zip(tables, weights)):
@@ -87,13 +89,99 @@ def _report_truncation(table, max_seq_len: int, where: str, train_phase: int) ->
     return stats
 
 
+def _entries(request: BuildRequest) -> list[tuple[str, str, bool]]:
+    """(entry, its split, sft-only?) for every set the build reads; sft-only sets skip the split."""
+    return [(p, request.data_split, False) for p in request.data_path] + [(p, "10,0,0", True) for p in request.sft_only]
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def _least(data_split: str, part: int, start: int, cut: bool) -> int | None:
+    """The fewest rows (from ``start``) for which ``part`` of ``data_split`` gets a train row and an eval
+    row (``cut``: eval is the 9:1 cut of the same rows); None if no size up to 100,000 does."""
+    for n in range(max(start, 1), 100_001):
+        train, evals = part_sizes("9,1", n) if cut else (n, n)
+        if part_sizes(data_split, train)[part] and part_sizes(data_split, evals)[part]:
+            return n
+    return None
+
+
+def check_split_rows(sets, train_phase: int) -> None:
+    """Every split decided before any tokenizing. ``sets``: (entry, its split, sft-only?, PromptRawDataset).
+    Phase ``train_phase`` must get at least one train row and one eval row from the blend (an empty split
+    is never cached); otherwise one line names the data path, the split and the row counts.
+
+    An empty eval split is an error, not a run without evaluation: DeepSpeed-Chat evaluates before
+    training and after every epoch (``step1_supervised_finetuning/main.py``; its ``evaluation`` fails on
+    an unset ``step`` when there is no eval batch), and a first run's perplexity is how one sees that
+    the model learned."""
+    part = train_phase - 1
+    sets = [(entry, split, raw.split_rows()) for entry, split, sft, raw in sets if not (sft and train_phase != 1)]
+    if not sets:
+        return
+    phase = [(part_sizes(split, n_train), part_sizes(split, n_eval)) for _, split, (n_train, n_eval, _) in sets]
+    paths = " ".join(entry for entry, _, _ in sets)
+
+    def why(which: int) -> str:  # which: 0 train, 1 eval
+        said = []
+        for (entry, split, (n_train, n_eval, cut)), shares in zip(sets, phase):
+            n = (n_train, n_eval)[which]
+            text = (f"{_rows(n_train + n_eval)} cut 9:1 into {n_train} train / {n_eval} eval" if cut
+                    else f"{n} {('train', 'eval')[which]} row{'' if n == 1 else 's'}")
+            if n:  # the split, not the cut, left this phase none
+                text += f", --data_split {split} gives phases 1/2/3 {'/'.join(map(str, shares[which]))}"
+            said.append(text if len(sets) == 1 else f"{entry}: {text}")
+        return "; ".join(said)
+
+    if sum(train[part] for train, _ in phase) == 0:
+        raise SFTError(f"--data_path {paths}: phase {train_phase} gets no train rows ({why(0)}); give phase "
+                       f"{train_phase} a larger share of --data_split (10,0,0 for SFT alone) or more rows")
+    if sum(evals[part] for _, evals in phase) == 0:
+        fixes = []
+        for (_, split, (n_train, n_eval, cut)), _ in zip(sets, phase):
+            least = _least(split, part, n_train + n_eval if cut else n_eval, cut)
+            if least is not None:
+                fixes.append(f"{least} rows or more" if cut else f"an eval split of {least} rows or more")
+            if not cut and n_eval:
+                fixes.append(f"a larger phase-{train_phase} share of --data_split")
+        if any(cut for _, _, (_, _, cut) in sets):  # a single file: an eval file of its own helps too
+            fixes.append("a folder with train.json and eval.json")
+        fixes = list(dict.fromkeys(fixes))
+        raise SFTError(f"--data_path {paths}: phase {train_phase} gets no eval rows ({why(1)}); training evaluates "
+                       f"before the first step and after each epoch, as DeepSpeed-Chat does: give "
+                       f"{', or '.join(fixes)}")
+
+
+def _check_tokenized(table, sets, train_phase: int, which: str) -> None:
+    """A split that rows skipped while tokenizing left empty is an error (nothing cached)."""
+    if table is not None and len(table):
+        return
+    paths = " ".join(entry for entry, _, sft, _ in sets if not (sft and train_phase != 1))
+    raise SFTError(f"--data_path {paths}: every phase-{train_phase} {which} row was skipped while tokenizing (a "
+                   f"prompt or answer missing or null, a chat without an assistant turn"
+                   f"{', a set without rejected answers' if train_phase == 2 else ''}"
+                   f"{', a prompt longer than --max_seq_len' if train_phase == 3 else ''}); fix the rows or "
+                   f"add usable ones")
+
+
 def build_prompt_datasets(request: BuildRequest, tokenizer):
-    """Tokenize and blend every set (no cache). Returns Arrow (train, eval) and a stats dict."""
+    """Tokenize and blend every set (no cache). Returns Arrow (train, eval) and a stats dict.
+
+    Every set is read and its splits decided (``check_split_rows``) before anything is tokenized; a
+    split left empty is an error, never an empty table."""
     r = request
+    sets = [(entry, split, sft, get_raw_dataset(entry, r.output_path, r.seed, r.local_rank))
+            for entry, split, sft in _entries(r)]
+    check_split_rows(sets, r.train_phase)
+    for _, _, _, raw in sets:
+        if raw.spec.kind == "messages":
+            check_roles_rendered(raw, tokenizer)
     trains, evals, stats = [], [], {}
-    entries = [(p, r.data_split) for p in r.data_path] + [(p, "10,0,0") for p in r.sft_only]
-    for entry, split in entries:
-        raw = get_raw_dataset(entry, r.output_path, r.seed, r.local_rank)
+    for entry, split, sft, raw in sets:
+        if sft and r.train_phase != 1:
+            continue  # sft-only sets feed phase 1 alone
         if raw.spec.rejected is None and r.train_phase == 2:
             print(f"warning: {raw.dataset_name} has no rejected answers; phase 2 gets no rows from it", flush=True)
         for name, rows, bucket in (("train", raw.get_train_data(), trains), ("eval", raw.get_eval_data(), evals)):
@@ -102,18 +190,19 @@ def build_prompt_datasets(request: BuildRequest, tokenizer):
             table = tokenize_split(select_rows(rows, idx), raw, r.train_phase, tokenizer, r.end_of_conversation_token,
                                    r.max_seq_len, r.num_proc)
             stats[f"{entry}:{name}"] = _report_truncation(table, r.max_seq_len, f"{entry} ({name})", r.train_phase)
-            bucket.append((entry in r.sft_only, table))
+            bucket.append((sft, table))
     main_w = r.blend_weights[:len(r.data_path)] if r.blend_weights else None
     train = _blend([t for sft, t in trains if not sft], r.seed, main_w)
     evals_main = _blend([t for sft, t in evals if not sft], r.seed)
     sft_train = [t for sft, t in trains if sft]
     sft_eval = [t for sft, t in evals if sft]
-    if r.train_phase == 1 and sft_train and any(len(t) for t in sft_train):
+    if sft_train and any(len(t) for t in sft_train):
         train = _blend(([train] if train is not None else []) + sft_train, r.seed, always_shuffle=True)
-    if r.train_phase == 1 and sft_eval and any(len(t) for t in sft_eval):
+    if sft_eval and any(len(t) for t in sft_eval):
         evals_main = _blend(([evals_main] if evals_main is not None else []) + sft_eval, r.seed, always_shuffle=True)
-    empty = select_rows(trains[0][1], [])
-    return (train if train is not None else empty), (evals_main if evals_main is not None else empty), stats
+    _check_tokenized(train, sets, r.train_phase, "train")
+    _check_tokenized(evals_main, sets, r.train_phase, "eval")
+    return train, evals_main, stats
 
 
 def cache_key_parts(request: BuildRequest, tokenizer) -> dict:

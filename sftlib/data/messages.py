@@ -52,22 +52,93 @@ def load_chat_template(tokenizer, path) -> str:
     return tokenizer.chat_template
 
 
+def conversation_problem(messages) -> str | None:
+    """What is wrong with one row's ``messages`` (None: nothing): it must be a non-empty list of turns,
+    each a string ``role`` among ``ROLES`` and a string ``content``, not opening with an assistant turn."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        return "'messages' must be a non-empty list of {role, content} objects"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            return f"messages[{i}] needs a string 'role' and a string 'content'"
+        if m["role"] not in ROLES:
+            return f"messages[{i}] has the role {m['role']!r}; a turn's role is one of {', '.join(ROLES)}"
+    if messages[0]["role"] == "assistant":
+        return "the conversation starts with an assistant turn; start with a user (or system) turn"
+    return None
+
+
 def clean_conversation(messages, where: str = "row") -> list[dict] | None:
     """The turns as plain ``{"role", "content", ...}`` dicts (Arrow's None-filled keys dropped);
     None when the conversation has no assistant turn. Malformed turns are a one-line error."""
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise SFTError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise SFTError(f"{where}: messages[{i}] needs a string 'role' and a string 'content'")
-        out.append({k: v for k, v in m.items() if v is not None})
-    roles = [m["role"] for m in out]
-    if "assistant" not in roles:
+    problem = conversation_problem(messages)
+    if problem:
+        raise SFTError(f"{where}: {problem}")
+    out = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    return out if any(m["role"] == "assistant" for m in out) else None
+
+
+def arrow_conversations_ok(column) -> bool:
+    """True when every row of an Arrow ``messages`` column passes ``conversation_problem`` (checked in
+    Arrow, without building Python rows); False when some row may not (then rows are checked one by one,
+    which names the line)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not pa.types.is_struct(kind.value_type):
+        return False
+    fields = {f.name: f.type for f in kind.value_type}
+    if fields.get("role") != pa.string() or fields.get("content") != pa.string():
+        return False
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(col) == 0 or col.null_count or pc.min(pc.list_value_length(col)).as_py() == 0:
+        return False
+    turns = pc.list_flatten(col)
+    roles, contents = pc.struct_field(turns, "role"), pc.struct_field(turns, "content")
+    if turns.null_count or roles.null_count or contents.null_count:
+        return False
+    if not pc.all(pc.is_in(roles, value_set=pa.array(ROLES))).as_py():
+        return False
+    return not pc.any(pc.equal(pc.struct_field(pc.list_element(col, 0), "role"), "assistant")).as_py()
+
+
+def first_row_with_role(column, role: str) -> int | None:
+    """Index of the first row of an Arrow ``messages`` column with a ``role`` turn (None: no such row)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    hits = pc.indices_nonzero(pc.fill_null(pc.equal(pc.struct_field(pc.list_flatten(col), "role"), role), False))
+    if len(hits) == 0:
         return None
-    if roles[0] == "assistant":
-        raise SFTError(f"{where}: the conversation starts with an assistant turn; start with a user (or system) turn")
-    return out
+    return pc.list_parent_indices(col)[hits[0].as_py()].as_py()
+
+
+def check_roles_rendered(raw, tokenizer) -> None:
+    """A ``tool`` turn is taken only if the chat template renders it: the first row holding one is
+    rendered, and a template that fails on it or drops its text is a one-line error naming the file and
+    line (``system``, ``user`` and ``assistant`` every chat template renders)."""
+    from sftlib.data.sources import row_location
+
+    template = chat_template_of(tokenizer)
+    for split, ds in raw.raw_datasets.items():
+        row = first_row_with_role(ds.data.column("messages"), "tool")
+        if row is None:
+            continue
+        conv = clean_conversation(ds[row]["messages"], "a messages row") or []
+        where = row_location(raw.source, split, row) if raw.source else f"{raw.dataset_name} ({split}) row {row + 1}"
+        try:
+            text = _render(tokenizer, template, conv)
+        except Exception as err:  # jinja's TemplateError, raise_exception(...) in the template
+            raise SFTError(f"{where}: the chat template cannot render this row's tool turn "
+                           f"({str(err).splitlines()[0][:120]}); give a template that renders tool turns "
+                           "(--chat_template FILE) or drop them") from None
+        dropped = [i for i, m in enumerate(conv) if m["role"] == "tool" and m["content"].strip()
+                   and m["content"] not in text]
+        if dropped:
+            raise SFTError(f"{where}: messages[{dropped[0]}] has the role 'tool', which the chat template does not "
+                           "render (its text would be dropped); give a template that renders tool turns "
+                           "(--chat_template FILE) or drop them")
 
 
 def _render(tokenizer, template: str, messages, add_generation_prompt=False) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sftlib.data.registry import TRANSFORM_INPUTS, TRANSFORMS, DatasetSpec, render, resolve_data_path, row_keys
 from sftlib.data.sources import load_hub, load_local, select_rows
-from sftlib.data.splits import get_raw_dataset_split_index
+from sftlib.data.splits import get_raw_dataset_split_index, part_sizes
 from sftlib.utils import SFTError
 
 
@@ -46,6 +46,15 @@ class PromptRawDataset:
         index = get_raw_dataset_split_index(self.local_rank, self.output_path, self.dataset_name_clean, self.seed,
                                             "train_eval", "9,1", part, len(train))
         return select_rows(train, index)
+
+    def split_rows(self) -> tuple[int, int, bool]:
+        """(train rows, eval rows, whether eval is the 9:1 cut of train): the sizes ``get_train_data`` and
+        ``get_eval_data`` will have, computed without shuffling or writing index files."""
+        train = len(self.raw_datasets[self.spec.train_split])
+        if self._own_eval():
+            return train, len(self.raw_datasets[self.spec.eval_split]), False
+        kept, cut = part_sizes("9,1", train)
+        return kept, cut, True
 
     def get_train_data(self):
         if self._own_eval():

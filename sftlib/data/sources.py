@@ -17,8 +17,9 @@ from sftlib.utils import SFTError
 SPLIT_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
 
 
-def read_json_rows(path: str | os.PathLike, required=("prompt", "chosen")) -> list[dict]:
-    """Rows of a json-lines file or a json list; errors name the file and line to fix."""
+def read_json_rows(path: str | os.PathLike, required=("prompt", "chosen"), check=None) -> list[dict]:
+    """Rows of a json-lines file or a json list; errors name the file and line to fix. ``check(row)``,
+    if given, returns what is wrong with a row (or None)."""
     path = Path(path)
     if not path.is_file():
         raise SFTError(f"data file {path} does not exist")
@@ -44,6 +45,9 @@ def read_json_rows(path: str | os.PathLike, required=("prompt", "chosen")) -> li
         missing = [k for k in required if k not in row]
         if missing:
             raise SFTError(f"{path}:{n}: {where} is missing {', '.join(repr(m) for m in missing)}")
+        problem = check(row) if check is not None else None
+        if problem:
+            raise SFTError(f"{path}:{n}: {problem}")
     if not numbered:
         raise SFTError(f"{path}: the dataset is empty")
     return [row for _, row in numbered]
@@ -80,6 +84,29 @@ def _fast_json(path: Path, required):
     return datasets.Dataset(table)
 
 
+def _row_check(spec: DatasetSpec):
+    """What each row of ``spec``'s files must pass beyond having the required keys (chats: their turns)."""
+    if spec.kind != "messages":
+        return None
+    from sftlib.data.messages import conversation_problem
+
+    return lambda row: conversation_problem(row.get("messages"))
+
+
+def _check_rows(ds, spec: DatasetSpec, where: str) -> None:
+    """Chats loaded from parquet, arrow or a saved dataset: every row's turns, in Arrow first."""
+    if spec.kind != "messages" or "messages" not in ds.column_names:
+        return
+    from sftlib.data.messages import arrow_conversations_ok, conversation_problem
+
+    if arrow_conversations_ok(ds.data.column("messages")):
+        return
+    for i, messages in enumerate(ds["messages"]):
+        problem = conversation_problem(messages)
+        if problem:
+            raise SFTError(f"{where}: row {i + 1}: {problem}")
+
+
 def _load_file(path: Path, spec: DatasetSpec):
     """One local file as a ``datasets.Dataset``; json/jsonl are checked row by row first."""
     import datasets
@@ -88,9 +115,9 @@ def _load_file(path: Path, spec: DatasetSpec):
     if path.suffix in (".json", ".jsonl"):
         decode_utf8(path)  # Arrow's json reader would pass bad bytes on silently
         fast = _fast_json(path, required)
-        if fast is not None:
+        if fast is not None and (spec.kind != "messages" or _arrow_chats_ok(fast)):
             return fast
-        rows = read_json_rows(path, required)  # slow, but names the file and line of any problem
+        rows = read_json_rows(path, required, _row_check(spec))  # slow, but names the file and line of any problem
         try:
             return datasets.Dataset.from_list(rows)
         except Exception as err:  # arrow type clashes between rows
@@ -105,7 +132,14 @@ def _load_file(path: Path, spec: DatasetSpec):
     except Exception as err:  # a corrupt parquet/arrow file, a ragged csv row...
         raise SFTError(f"{path}: cannot be read as {kind} ({str(err).splitlines()[0][:160]})") from None
     _check_columns(ds, required, str(path))
+    _check_rows(ds, spec, str(path))
     return ds
+
+
+def _arrow_chats_ok(ds) -> bool:
+    from sftlib.data.messages import arrow_conversations_ok
+
+    return arrow_conversations_ok(ds.data.column("messages"))
 
 
 def select_rows(ds, indices):
@@ -147,6 +181,7 @@ def load_local(spec: DatasetSpec, source: str) -> dict:
         splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {spec.train_split: loaded}
         for split, ds in splits.items():
             _check_columns(ds, spec.required_keys(), f"{path} ({split})")
+            _check_rows(ds, spec, f"{path} ({split})")
         return splits
     out = {}
     for split in [spec.train_split] + ([spec.eval_split] if spec.eval_split else []):
@@ -156,6 +191,27 @@ def load_local(spec: DatasetSpec, source: str) -> dict:
                            f"(also tried {', '.join(SPLIT_FILE_SUFFIXES[2:])}, data/{split}-*.parquet)")
         out[split] = _load_file(file, spec)
     return out
+
+
+def row_location(source: str, split: str, index: int) -> str:
+    """Where row ``index`` (0-based) of a local set's ``split`` is: ``file:line`` for json lines,
+    ``file:row`` for a json list, else the file (or folder) and the row number."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        found = _split_file(path, split)
+        if found is None:
+            return f"{path} ({split}): row {index + 1}"
+        path = found
+    if path.suffix in (".json", ".jsonl"):
+        text = decode_utf8(path)
+        if not text.lstrip().startswith("["):
+            seen = -1
+            for lineno, line in enumerate(text.splitlines(), start=1):
+                seen += bool(line.strip())
+                if seen == index:
+                    return f"{path}:{lineno}"
+        return f"{path}:{index + 1}"
+    return f"{path}: row {index + 1}"
 
 
 def load_hub(spec: DatasetSpec) -> dict:

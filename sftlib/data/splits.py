@@ -33,17 +33,29 @@ def get_shuffle_idx(seed: int, size: int) -> np.ndarray:
     return order
 
 
-def split_indices(seed: int, data_split: str, data_size: int) -> list[np.ndarray]:
-    """DeepSpeed-Chat's recipe: shuffle, cut by rounded cumulative proportions; the first part
-    absorbs the rounding."""
+def _bounds(data_split: str, data_size: int) -> list[int]:
+    """DeepSpeed-Chat's cut points: rounded cumulative proportions, the first part absorbing the rounding."""
     splits = parse_data_split(data_split, parts=len(str(data_split).split(",")))
     bounds = [0]
     for s in splits:
         bounds.append(bounds[-1] + int(round(s * float(data_size))))
     diff = bounds[-1] - data_size
-    bounds = [bounds[0]] + [b - diff for b in bounds[1:]]
+    return [bounds[0]] + [b - diff for b in bounds[1:]]
+
+
+def part_sizes(data_split: str, data_size: int) -> list[int]:
+    """How many rows each part of ``split_indices`` gets (nothing shuffled, nothing written):
+    ``part_sizes("2,4,4", 4) == [0, 2, 2]``, so phase 1 of a 4-row set gets no rows."""
+    bounds = _bounds(data_split, data_size)
+    return [max(0, bounds[i + 1] - bounds[i]) for i in range(len(bounds) - 1)]
+
+
+def split_indices(seed: int, data_split: str, data_size: int) -> list[np.ndarray]:
+    """DeepSpeed-Chat's recipe: shuffle, cut by rounded cumulative proportions; the first part
+    absorbs the rounding."""
+    bounds = _bounds(data_split, data_size)
     order = get_shuffle_idx(seed, data_size)
-    return [order[bounds[i]:bounds[i + 1]] for i in range(len(splits))]
+    return [order[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
 
 
 def index_file_name(output_path, dataset_name_clean, seed, split_name, data_split, split_index) -> str:
