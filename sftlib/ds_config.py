@@ -26,9 +26,10 @@ GLOBAL_BATCH_SIZE = 32  # placeholder; sftlib.train overwrites it from the micro
 MICRO_BATCH_SIZE = 4
 
 
-def _precision(dtype: str) -> dict:
-    if dtype == "fp16":
-        return {"fp16": {"enabled": True, "loss_scale_window": 100}}
+def _precision(dtype: str, loss_scale_window: int | None = 100) -> dict:
+    if dtype == "fp16":  # DeepSpeed-Chat's eval config sets no window (DeepSpeed's default, 1000, applies)
+        window = {} if loss_scale_window is None else {"loss_scale_window": loss_scale_window}
+        return {"fp16": {"enabled": True, **window}}
     if dtype == "bf16":
         return {"bf16": {"enabled": True}}
     return {}  # fp32: neither block; what a CPU should use
@@ -85,7 +86,11 @@ def get_train_ds_config(offload: bool, dtype: str, stage: int = 2, enable_hybrid
 
 
 def get_eval_ds_config(offload: bool, dtype: str, stage: int = 0) -> dict:
-    """The inference-side config DeepSpeed-Chat uses for reference and reward models."""
+    """The config of the models DeepSpeed-Chat only runs forward: step 3's reference, EMA and reward models.
+
+    (``dschat/rlhf/rlhf_engine.py``: ``_init_ref``, ``_init_ema``, ``_init_reward``; today's step-2 DPO
+    script uses it for its reference model too.) No optimizer-side ZeRO fields, no hybrid engine.
+    """
     device = "cpu" if offload else "none"
     return {
         "train_batch_size": GLOBAL_BATCH_SIZE,
@@ -93,7 +98,7 @@ def get_eval_ds_config(offload: bool, dtype: str, stage: int = 0) -> dict:
         "steps_per_print": 10,
         "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 1e4,
                               "offload_param": {"device": device}, "memory_efficient_linear": False},
-        **_precision(dtype),
+        **_precision(dtype, loss_scale_window=None),
         "gradient_clipping": 1.0,
         "prescale_gradients": False,
         "wall_clock_breakdown": False,

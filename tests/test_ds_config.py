@@ -4,6 +4,7 @@ import json
 import sys
 
 import pytest
+from deepspeed.runtime.config import DeepSpeedConfig
 
 from sftlib.dist import accelerator_name
 from sftlib.ds_config import NO_HYBRID_ACCELERATORS, check_hybrid_engine, get_eval_ds_config, get_train_ds_config, main
@@ -23,6 +24,23 @@ def test_train_config_has_deepspeed_chat_fields():
     fp32 = get_train_ds_config(offload=False, dtype="fp32")
     assert "fp16" not in fp32 and "bf16" not in fp32
     assert "hybrid_engine" not in get_eval_ds_config(offload=False, dtype="bf16")
+    assert get_eval_ds_config(offload=False, dtype="fp16")["fp16"] == {"enabled": True}  # as DeepSpeed-Chat's
+
+
+def with_batch(config):
+    return {**config, "train_batch_size": 4, "train_micro_batch_size_per_gpu": 4}
+
+
+def test_deepspeed_parses_the_hybrid_engine_block_as_written():
+    config = get_train_ds_config(offload=False, dtype="fp32", enable_hybrid_engine=True, inference_tp_size=2,
+                                 release_inference_cache=True, pin_parameters=False, tp_gather_partition_size=4,
+                                 max_out_tokens=256)
+    parsed = DeepSpeedConfig(with_batch(config)).hybrid_engine  # what deepspeed.initialize reads
+    assert {key: getattr(parsed, key) for key in config["hybrid_engine"]} == config["hybrid_engine"]
+    assert parsed.enabled and parsed.enable_cuda_graph is False  # a field DeepSpeed-Chat never sets
+    assert DeepSpeedConfig(with_batch(get_train_ds_config(offload=False, dtype="fp32"))).hybrid_engine.enabled is False
+    fp16 = DeepSpeedConfig(with_batch(get_train_ds_config(offload=False, dtype="fp16"))).float16_config
+    assert fp16.enabled and fp16.loss_scale_window == 100 and fp16.hysteresis == 2 and fp16.initial_scale_power == 16
 
 
 def test_hybrid_engine_refused_on_cpu_only():

@@ -2,8 +2,10 @@
 
 ``deepspeed.initialize`` returns a ``DeepSpeedHybridEngine`` when the config's ``hybrid_engine.enabled``
 is set: ``engine.train()`` trains through the ordinary modules, ``engine.eval()`` + ``generate`` swaps
-each transformer block into DeepSpeed's CUDA inference kernels. On a CPU the library's
-``sftlib.ds_config.check_hybrid_engine`` refuses it in one sentence before DeepSpeed starts::
+each transformer block into DeepSpeed's CUDA inference kernels. Which blocks those are is a table lookup
+that runs anywhere (``inference_blocks``). On a CPU building the first kernel fails (DeepSpeed's
+"This op had not been implemented on CPU backend"), so ``sftlib.ds_config.check_hybrid_engine`` refuses
+the engine in one sentence before DeepSpeed starts::
 
     python -m sftlib.lessons.hybrid_engine        # CPU: one sentence, exit 2; CUDA: one step, then generate
 
@@ -13,12 +15,32 @@ Explained in notebooks/06_hybrid_engine_and_logs.ipynb.
 from __future__ import annotations
 
 import argparse
+from collections import Counter
+from types import SimpleNamespace
 
 from sftlib.cli import run
 from sftlib.dist import init_distributed
 from sftlib.ds_config import check_hybrid_engine, get_train_ds_config
 
 PROMPT = "\n\nHuman: What is the opposite of hot?\n\nAssistant:"  # a toy-world question
+
+
+def inference_blocks(model) -> dict[str, tuple[str, int]]:
+    """The blocks of ``model`` that ``DeepSpeedHybridEngine`` would run in its inference kernels.
+
+    Returns ``{layer class: (DeepSpeed policy, how many)}``, from the engine's own policy table
+    (``populate_all_inference_policies``) asked on a stand-in that holds only the model: nothing is
+    built, so it runs on a CPU. Empty when DeepSpeed has no policy for the model's blocks (the engine
+    then keeps the model's own ``generate``).
+    """
+    from deepspeed.runtime.hybrid_engine import DeepSpeedHybridEngine
+
+    table = SimpleNamespace(module=model, new_inference_container=None)
+    DeepSpeedHybridEngine.populate_all_inference_policies(table)
+    policies = table.inference_policies  # layer class -> (builder, policy); auxiliary layers: (builder,)
+    found = Counter((type(m).__name__, policies[type(m)][1].__name__) for m in model.modules()
+                    if len(policies.get(type(m), ())) == 2)
+    return {layer: (policy, n) for (layer, policy), n in found.items()}
 
 
 def run_hybrid_engine(config: dict, model_path: str, prompt: str = PROMPT, max_new_tokens: int = 8):

@@ -1,6 +1,8 @@
 """sftlib.lessons.hybrid_engine: refused in one sentence on a CPU before anything loads; on a GPU it runs."""
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
 from sftlib.cli import run
 from sftlib.dist import accelerator_name
@@ -9,6 +11,14 @@ from sftlib.lessons import hybrid_engine
 from sftlib.utils import SFTError
 
 ON_CPU = accelerator_name() in NO_HYBRID_ACCELERATORS  # a CPU (or mps): no inference kernels
+
+
+def test_inference_blocks_are_deepspeeds_policy_lookup(world):
+    for name, layer, policy in (("opt", "OPTDecoderLayer", "HFOPTLayerPolicy"),
+                                ("llama", "LlamaDecoderLayer", "LLAMALayerPolicy")):
+        model = AutoModelForCausalLM.from_pretrained(world[name])
+        assert hybrid_engine.inference_blocks(model) == {layer: (policy, model.config.num_hidden_layers)}
+    assert hybrid_engine.inference_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2))) == {}, "no transformer block"
 
 
 @pytest.mark.skipif(not ON_CPU, reason="a CUDA machine runs the hybrid engine instead")
