@@ -18,8 +18,9 @@ export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
 # The repository's public URL and branch: the one place the site's launch and source links take them
-# from (the notebooks' install cell must name the same URL; book/build.py checks it).
-REPO_URL ?= https://github.com/OWNER/REPO
+# from. Empty while unknown: the site then has no Colab, Binder or source links (book/build.py refuses
+# a placeholder; the notebooks' install cell names "" or the same URL). The Pages workflow passes it.
+REPO_URL ?=
 BRANCH ?= main
 
 .PHONY: demo test lint unit notebooks book browser chromium lab toy smollm2 clean
@@ -56,9 +57,11 @@ notebooks: $(STAMP)
 	$(PY) -m sftlib.gguf_import
 	$(PY) book/execute.py notebooks --out outputs/executed --timeout 600
 
-# Renders the executed copies that `notebooks` wrote; executes nothing itself.
+# Renders the executed copies that `notebooks` wrote; executes nothing itself. Before rendering it runs
+# the output gate and the claims check over them (alone: python book/gate.py outputs/executed,
+# python book/claims.py outputs/executed) and builds nothing while either fails.
 book: notebooks
-	$(PY) book/build.py --repo-url $(REPO_URL) --branch $(BRANCH)
+	$(PY) book/build.py --repo-url "$(REPO_URL)" --branch "$(BRANCH)"
 
 # Headless Chromium opens every page of the built site (screenshots in outputs/book/screenshots).
 # Chromium comes from Debian (installed here when missing and run as root with apt). Where it cannot be

@@ -1,18 +1,29 @@
 """Build the tutorial site from the executed notebooks (what `make book` runs after `make notebooks`).
 
-    python book/build.py --repo-url https://github.com/OWNER/REPO --branch main
+    python book/build.py [--repo-url https://github.com/<owner>/<name>] [--branch main]
 
+0. Checks the executed notebooks: the output gate (book/gate.py: no compiler text, machine paths,
+   unfinished progress bars, long outputs, tracebacks, numpy/widget reprs, warnings) and the claims
+   check (book/claims.py: every `<span class="claim">` number is one the outputs print). Every
+   failure is printed, and the site is not built while there is one. The number of claims of each
+   notebook is reported.
 1. Assembles the pages under outputs/book/src: README.md as the landing page (README.zh-CN.md
-   beside it when present), the executed notebooks from outputs/executed/ in file order, each with
-   launch links (Colab, Binder) and a link to its source, the data and model cards and docs/ (the glossary).
-   Relative links are rewritten to the page they now point to, or to the repository.
+   beside it when present), the executed notebooks from outputs/executed/ in file order, the data and
+   model cards and docs/ (the glossary). Each notebook page opens with what works where (locally,
+   Binder, Colab) and, when the repository's URL is known, links to Colab, Binder and its source.
+   Relative links are rewritten to the page they now point to, or to the file in the repository;
+   without a repository URL a link to a file that is not a page becomes its plain text.
 2. Runs `mkdocs build --strict` (book/mkdocs.yml) into outputs/book/site, through a temporary folder.
 3. Checks the built HTML (check_site): no broken internal link, no missing image, no script or
-   stylesheet from another host, no error output in a notebook.
+   stylesheet from another host, no error output in a notebook, no placeholder repository URL.
+
+--repo-url empty (the default) means the public URL is unknown: the site then has no Colab, Binder
+or source links at all. A placeholder (`OWNER/REPO` and the like) is refused, so is a URL that is not
+a github.com repository (Colab and Binder open notebooks from GitHub).
 
 Fails, with the thing to fix, when a notebook has no executed copy, an executed copy is older than
-its notebook (its code differs) or holds an error output, or a notebook's first code cell is not the
-install cell or names another REPO_URL than the Makefile's.
+its notebook (its code differs) or holds an error output, a notebook's first code cell is not the
+install cell, or the install cell's REPO_URL is a placeholder or another URL than --repo-url.
 """
 
 import argparse
@@ -30,9 +41,19 @@ import mathjax  # django-static-mathjax: MathJax 3 as files, bundled so the site
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python book/build.py`
+    sys.path.insert(0, str(ROOT))
+
+from book import claims, gate  # noqa: E402
+
 BOOK = ROOT / "outputs" / "book"
-LINK = re.compile(r"(\]\()([^)\s]+)((?:\s+\"[^\"]*\")?\))")
-INSTALL_URL = re.compile(r'^REPO_URL = "([^"]+)"', re.M)
+# [text](target "title") and ![alt](target): the text may hold one level of brackets
+LINK = re.compile(r"(!?)\[((?:[^\[\]\n]|\[[^\]\n]*\])*)\]\(([^)\s]+)((?:\s+\"[^\"]*\")?)\)")
+INSTALL_URL = re.compile(r'^REPO_URL = "([^"]*)"', re.M)
+PLACEHOLDER = re.compile(r"\b(?:owner|user|username|your[-_]?(?:name|user|username|org))/"
+                         r"(?:repo|repository|project|your[-_]?repo)\b", re.I)
+GITHUB = re.compile(r"^https://github\.com/([A-Za-z0-9][A-Za-z0-9-]*)/([A-Za-z0-9._-]+?)/?$")
+TEXT_SUFFIXES = {".html", ".ipynb", ".json", ".md", ".txt", ".xml", ".js"}
 
 
 class BuildError(Exception):
@@ -63,13 +84,28 @@ def page_url(site_path: str) -> str:
     return f"{p.with_suffix('')}/"
 
 
+def check_repo_url(repo: str) -> str:
+    """The repository URL without a trailing slash, or "" (unknown); a placeholder or non-GitHub URL is refused."""
+    repo = repo.strip().rstrip("/")
+    if not repo:
+        return ""
+    if PLACEHOLDER.search(repo) or "<" in repo or "{" in repo:
+        raise BuildError(f"--repo-url {repo!r} is a placeholder: give the real repository's URL, or none "
+                         "(the site then has no Colab, Binder or source links)")
+    if not GITHUB.match(repo):
+        raise BuildError(f"--repo-url {repo!r} is not https://github.com/<owner>/<name> "
+                         "(Colab and Binder open notebooks from GitHub)")
+    return repo
+
+
 def rewrite_links(text: str, repo_path: str, pages: dict, repo: str, branch: str, in_notebook: bool) -> str:
-    """Point each relative link at its page in the site, or at the file in the repository."""
+    """Point each relative link at its page in the site, or at the file in the repository; with no
+    repository URL ("") a link to a file that is not a page becomes its text."""
     here = PurePosixPath(repo_path).parent
     site_here = pages[repo_path]
 
     def one(m: re.Match) -> str:
-        target = m.group(2)
+        bang, label, target, title = m.groups()
         if re.match(r"^[a-z][a-z0-9+.-]*:|^#|^/", target):
             return m.group(0)
         path, _, anchor = target.partition("#")
@@ -79,33 +115,62 @@ def rewrite_links(text: str, repo_path: str, pages: dict, repo: str, branch: str
                 new = posixpath.relpath(page_url(pages[norm]) or ".", page_url(site_here) or ".") + "/"
             else:  # mkdocs turns links between source files into page URLs itself
                 new = posixpath.relpath(pages[norm], posixpath.dirname(site_here) or ".")
-        else:
+        elif repo:
             kind = "tree" if (ROOT / norm).is_dir() else "blob"
             new = f"{repo}/{kind}/{branch}/{quote(norm)}"
-        return f"{m.group(1)}{new}{'#' + anchor if anchor else ''}{m.group(3)}"
+        else:
+            return label
+        return f"{bang}[{label}]({new}{'#' + anchor if anchor else ''}{title})"
 
     return LINK.sub(one, text)
 
 
+WHERE = ("**Where this runs.** Locally, in a clone of the repository: `make lab` opens the notebooks, and "
+         "every cell runs on a CPU (this page is that run). Binder builds the repository from "
+         "`environment.yml`; this is untested. Colab does not install it today: `pyproject.toml` "
+         "requires Python 3.11 and Colab's runtime is Python 3.12 or newer, so the first code cell stops "
+         "there.")
+
+
 def launch_links(name: str, repo: str, branch: str) -> str:
-    m = re.match(r"^https://github\.com/([^/]+)/([^/]+?)/?$", repo)
+    """The block each notebook page opens with: launch links when the repository is known, and what works where."""
+    executed = "*Executed once by `make notebooks`; these are that run's outputs.*"
+    if not repo:
+        return (f"{WHERE} This site was built without the repository's public URL, so it links to no "
+                f"Colab, Binder or source copy.\n\n{executed}")
+    m = GITHUB.match(repo)
     if not m:
-        raise BuildError(f"REPO_URL {repo!r} is not https://github.com/OWNER/REPO; the launch links need one")
+        raise BuildError(f"REPO_URL {repo!r} is not https://github.com/<owner>/<name>; the launch links need one")
     owner, project = m.groups()
     colab = f"https://colab.research.google.com/github/{owner}/{project}/blob/{branch}/notebooks/{name}"
     binder = f"https://mybinder.org/v2/gh/{owner}/{project}/{branch}?labpath=notebooks%2F{quote(name)}"
     source = f"{repo}/blob/{branch}/notebooks/{name}"
     return (f'<p class="launch-links"><a href="{colab}">Open in Colab</a> <a href="{binder}">Launch on Binder</a> '
-            f'<a href="{source}">Source on GitHub</a></p>\n\n'
-            "*Executed once by `make notebooks`; these are that run's outputs.*")
+            f'<a href="{source}">Source on GitHub</a></p>\n\n{WHERE}\n\n{executed}')
+
+
+def with_launch_block(nb: dict, block: str) -> None:
+    """Put the block right under the page's title (the first `# ` line of the first markdown cell),
+    or in a cell of its own after the first markdown cell when there is no title."""
+    first = next((i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "markdown"), -1)
+    if first >= 0:
+        text = "".join(nb["cells"][first]["source"])
+        m = re.search(r"^#\s+.+$", text, re.M)
+        if m:
+            nb["cells"][first]["source"] = f"{text[:m.end()]}\n\n{block}\n\n{text[m.end():].lstrip(chr(10))}"
+            return
+    nb["cells"].insert(first + 1, {"cell_type": "markdown", "id": "launch-links", "metadata": {}, "source": block})
 
 
 def code_of(nb: dict) -> list[str]:
     return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
 
 
-def stage_notebook(name: str, executed: Path, pages: dict, repo: str, branch: str) -> dict:
-    source = json.loads((ROOT / "notebooks" / name).read_text(encoding="utf-8"))
+def stage_notebook(name: str, executed: Path, pages: dict, repo: str, branch: str,
+                   notebooks: Path = ROOT / "notebooks") -> dict:
+    """The page of one notebook: its executed copy, checked against notebooks/NAME, links rewritten,
+    the launch block under its title."""
+    source = json.loads((notebooks / name).read_text(encoding="utf-8"))
     path = executed / name
     if not path.exists():
         raise BuildError(f"{path} is missing: run `make notebooks` first")
@@ -118,17 +183,18 @@ def stage_notebook(name: str, executed: Path, pages: dict, repo: str, branch: st
     if not code_of(source) or not code_of(source)[0].startswith("# Install the project when it is missing"):
         raise BuildError(f"notebooks/{name}: its first code cell is not the install cell (Colab and Binder need it): "
                          f"run `python book/insert_install_cell.py notebooks/{name}`")
-    urls = {u for c in code_of(source) for u in INSTALL_URL.findall(c)}
+    urls = {u for c in code_of(source) for u in INSTALL_URL.findall(c)} - {""}
+    if any(PLACEHOLDER.search(u) for u in urls):
+        raise BuildError(f"notebooks/{name}: the install cell's REPO_URL {sorted(urls)} is a placeholder: set it to "
+                         "\"\" or the real URL (`python book/insert_install_cell.py --update notebooks/*.ipynb`)")
     if urls and urls != {repo}:
-        raise BuildError(f"notebooks/{name}: the install cell's REPO_URL {sorted(urls)} is not the Makefile's "
-                         f"REPO_URL {repo!r}; set the same URL in both")
+        raise BuildError(f"notebooks/{name}: the install cell's REPO_URL {sorted(urls)} is not the build's "
+                         f"--repo-url {repo!r} (the Makefile's REPO_URL); set the same URL in both")
     for cell in nb["cells"]:
         if cell["cell_type"] == "markdown":
             text = rewrite_links("".join(cell["source"]), f"notebooks/{name}", pages, repo, branch, True)
             cell["source"] = text
-    first = next((i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "markdown"), -1)
-    nb["cells"].insert(first + 1, {"cell_type": "markdown", "id": "launch-links", "metadata": {},
-                                   "source": launch_links(name, repo, branch)})
+    with_launch_block(nb, launch_links(name, repo, branch))
     return nb
 
 
@@ -209,8 +275,14 @@ class Refs(HTMLParser):
 
 
 def check_site(site: Path) -> list[str]:
-    """Problems in the built site: broken internal links, missing images, off-site scripts, errors."""
+    """Problems in the built site: broken internal links, missing images, off-site scripts, errors,
+    a placeholder repository URL in any page, notebook or index."""
     problems = []
+    for path in sorted(p for p in site.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file()):
+        found = PLACEHOLDER.findall(path.read_text(encoding="utf-8", errors="replace"))
+        if found:
+            problems.append(f"{path.relative_to(site)}: placeholder repository URL {found[0]!r} "
+                            f"({len(found)} time(s))")
     for page in sorted(p for p in site.rglob("*.html") if p.name != "404.html"):  # 404 uses root paths
         parser = Refs()
         parser.feed(page.read_text(encoding="utf-8"))
@@ -236,8 +308,28 @@ def check_site(site: Path) -> list[str]:
     return problems
 
 
-def build(repo: str, branch: str, executed: Path) -> Path:
-    src, site, tmp_site = BOOK / "src", BOOK / "site", BOOK / "site.tmp"
+def check_outputs(executed: Path) -> list[str]:
+    """The output gate and the claims check over the executed copy of every notebook; prints the
+    number of claims of each notebook; returns every failure (one line each)."""
+    paths = []
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        if not (executed / nb.name).exists():
+            raise BuildError(f"{executed / nb.name} is missing: run `make notebooks` first")
+        paths.append(executed / nb.name)
+    failures = [f"output gate: {f}" for path in paths for f in gate.check_notebook(path)]
+    counts, wrong = claims.check(paths)
+    failures += [f"claims: {f}" for f in wrong]
+    print("claims per notebook:\n" + claims.report(counts, wrong), flush=True)
+    return failures
+
+
+def build(repo: str, branch: str, executed: Path, book: Path = BOOK) -> Path:
+    repo = check_repo_url(repo)
+    failures = check_outputs(executed)
+    if failures:
+        raise BuildError(f"{len(failures)} failure(s) in the executed notebooks (book/gate.py, book/claims.py):\n"
+                         + "\n".join(failures))
+    src, site, tmp_site = book / "src", book / "site", book / "site.tmp"
     for d in (src, tmp_site):
         shutil.rmtree(d, ignore_errors=True)
     try:
@@ -246,8 +338,10 @@ def build(repo: str, branch: str, executed: Path) -> Path:
         shutil.rmtree(src, ignore_errors=True)  # no half-assembled pages left behind
         raise
     config = {"INHERIT": str(ROOT / "book" / "mkdocs.yml"), "docs_dir": str(src), "site_dir": str(tmp_site),
-              "repo_url": repo, "edit_uri": "", "hooks": [str(ROOT / "book" / "hooks.py")], "nav": nav}
-    config_file = BOOK / "mkdocs.yml"
+              "hooks": [str(ROOT / "book" / "hooks.py")], "nav": nav}
+    if repo:  # the header's repository link; none when the URL is unknown
+        config.update(repo_url=repo, edit_uri="")
+    config_file = book / "mkdocs.yml"
     config_file.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
     run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-f", str(config_file)],
                          capture_output=True, text=True)
@@ -260,17 +354,21 @@ def build(repo: str, branch: str, executed: Path) -> Path:
         raise BuildError(f"{len(problems)} problem(s) in the built site:\n" + "\n".join(problems))
     shutil.rmtree(site, ignore_errors=True)
     tmp_site.rename(site)
+    # what the site was built with, for tests/browser (launch links expected or not); not part of the site
+    (book / "build.json").write_text(json.dumps({"repo_url": repo, "branch": branch}) + "\n", encoding="utf-8")
     return site
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repo-url", required=True, help="the public repository, https://github.com/OWNER/REPO")
+    p.add_argument("--repo-url", default="", help="the public repository, https://github.com/<owner>/<name>; "
+                   "empty (the default): unknown, and the site has no Colab, Binder or source links")
     p.add_argument("--branch", default="main")
     p.add_argument("--executed", type=Path, default=ROOT / "outputs" / "executed")
+    p.add_argument("--book", type=Path, default=BOOK, help="where the pages and the site go (outputs/book)")
     args = p.parse_args(argv)
     try:
-        site = build(args.repo_url.rstrip("/"), args.branch, args.executed)
+        site = build(args.repo_url, args.branch or "main", args.executed, args.book)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

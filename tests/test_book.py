@@ -5,9 +5,9 @@ import json
 import nbformat
 import pytest
 
-from book import build, execute
+from book import build, execute, insert_install_cell
 
-REPO = "https://github.com/OWNER/REPO"
+REPO = "https://github.com/sft-tutorial/deepspeed-chat-step1"
 
 
 def test_execute_keeps_the_executed_copy_and_names_the_failing_cell(tmp_path):
@@ -68,3 +68,85 @@ def test_check_site_finds_broken_links_missing_images_remote_scripts_and_errors(
     assert sorted(p.split(": ")[1].split(" ")[0] for p in problems) == [
         "1", "broken", "broken", "inline", "script"], problems
     assert not [p for p in problems if p.startswith("ok/")]
+
+
+def test_without_a_repository_url_links_to_files_become_text():
+    pages = {"notebooks/04_zero3_saving.ipynb": "notebooks/04_zero3_saving.ipynb", "docs/glossary.md": "glossary.md"}
+    text = "[ZeRO](../docs/glossary.md#zero), [the saver](../sftlib/zero.py), ![plot](../docs/x.png), [w](https://a.org)"
+    assert build.rewrite_links(text, "notebooks/04_zero3_saving.ipynb", pages, "", "main", True) == (
+        "[ZeRO](../../glossary/#zero), the saver, plot, [w](https://a.org)")
+
+
+@pytest.mark.parametrize("url", ["https://github.com/OWNER/REPO", "https://github.com/owner/repo/",
+                                 "https://github.com/<owner>/<name>", "https://github.com/your-name/your-repo"])
+def test_a_placeholder_repository_url_is_refused(url):
+    with pytest.raises(build.BuildError, match="placeholder"):
+        build.check_repo_url(url)
+
+
+def test_repository_urls_the_build_takes():
+    assert build.check_repo_url("") == "" and build.check_repo_url(REPO + "/") == REPO
+    with pytest.raises(build.BuildError, match="not https://github.com/"):
+        build.check_repo_url("https://gitlab.com/a/b")
+    assert build.main(["--repo-url", "https://github.com/OWNER/REPO", "--executed", "/nonexistent"]) == 2
+
+
+def staged(tmp_path, repo: str, install_url: str = "") -> str:
+    """One synthetic notebook (title, install cell, code) staged as the site would show it, as text."""
+    cells = [nbformat.v4.new_markdown_cell("# A page\n\nWhat it does, see [the code](../sftlib/zero.py)."),
+             nbformat.v4.new_code_cell(insert_install_cell.source(install_url)),
+             nbformat.v4.new_code_cell("print(1)")]
+    (tmp_path / "src").mkdir(exist_ok=True)
+    (tmp_path / "run").mkdir(exist_ok=True)
+    for folder in ("src", "run"):
+        nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / folder / "09_page.ipynb")
+    pages = {"notebooks/09_page.ipynb": "notebooks/09_page.ipynb"}
+    nb = build.stage_notebook("09_page.ipynb", tmp_path / "run", pages, repo, "main", notebooks=tmp_path / "src")
+    return json.dumps(nb)
+
+
+def test_a_page_built_without_a_url_has_no_launch_links_and_says_what_works_where(tmp_path):
+    page = staged(tmp_path, "")
+    assert "colab.research.google.com" not in page and "mybinder" not in page and "github.com" not in page
+    assert "OWNER" not in page and "Where this runs" in page and "Python 3.11" in page
+    assert json.loads(page)["cells"][0]["source"].startswith("# A page\n\n**Where this runs.**")
+
+
+def test_a_page_built_with_a_url_links_colab_binder_and_the_source(tmp_path):
+    page = staged(tmp_path, REPO)
+    assert "https://colab.research.google.com/github/sft-tutorial/deepspeed-chat-step1/blob/main/notebooks/" \
+           "09_page.ipynb" in page
+    assert "https://mybinder.org/v2/gh/sft-tutorial/deepspeed-chat-step1/main?labpath=notebooks%2F09_page.ipynb" in page
+    assert f"{REPO}/blob/main/sftlib/zero.py" in page and "Where this runs" in page
+
+
+def test_the_install_cell_must_name_no_url_or_the_builds(tmp_path):
+    assert "Where this runs" in staged(tmp_path, REPO, install_url=REPO)
+    with pytest.raises(build.BuildError, match="is not the build's --repo-url"):
+        staged(tmp_path, "", install_url=REPO)
+    with pytest.raises(build.BuildError, match="is a placeholder"):
+        staged(tmp_path, REPO, install_url="https://github.com/OWNER/REPO")
+
+
+def test_install_cell_update_keeps_the_cell_id(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T"), nbformat.v4.new_code_cell("x = 1")])
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    assert insert_install_cell.insert(path) == "inserted" and insert_install_cell.insert(path) == "already there"
+    first = json.loads(path.read_text())["cells"][1]
+    first["source"] = insert_install_cell.MARKER + " (an older text)\n"
+    data = json.loads(path.read_text())
+    data["cells"][1] = first
+    path.write_text(json.dumps(data))
+    assert insert_install_cell.insert(path, update=True) == "updated"
+    again = json.loads(path.read_text())["cells"]
+    assert again[1]["id"] == first["id"] and "".join(again[1]["source"]) == insert_install_cell.source()
+    assert ["".join(c["source"]) for c in again[::2]] == ["# T", "x = 1"]
+
+
+def test_check_site_finds_a_placeholder_url(tmp_path):
+    (tmp_path / "index.html").write_text('<a href="https://github.com/OWNER/REPO">source</a>')
+    (tmp_path / "n.ipynb").write_text('{"x": "REPO_URL = \\"https://github.com/OWNER/REPO\\""}')
+    assert build.check_site(tmp_path) == [
+        "index.html: placeholder repository URL 'OWNER/REPO' (1 time(s))",
+        "n.ipynb: placeholder repository URL 'OWNER/REPO' (1 time(s))"]
