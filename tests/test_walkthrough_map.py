@@ -48,6 +48,16 @@ ITEMS = [
 MARKER = re.compile(r"^# walkthrough: (\S+ \S+)$", re.M)
 
 
+def leading_comments(source: str) -> str:
+    """The comment lines a code cell opens with (where its walkthrough markers belong)."""
+    lines = []
+    for line in source.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def marked_cells():
     """{item: [(notebook, cell index, source)]} over every code cell carrying the item's marker."""
     found = {}
@@ -56,6 +66,8 @@ def marked_cells():
             source = "".join(cell["source"])
             if cell["cell_type"] == "code":
                 for item in MARKER.findall(source):
+                    assert item in MARKER.findall(leading_comments(source)), (
+                        f"{path.name} cell {i}: '# walkthrough: {item}' must be among the cell's opening comment lines")
                     found.setdefault(item, []).append((path.stem, i, source))
     return found
 
@@ -71,13 +83,16 @@ def test_no_marker_names_an_unknown_item():
     assert set(marked_cells()) <= set(ITEMS), set(marked_cells()) - set(ITEMS)
 
 
-def test_readme_zh_lists_the_same_map():
-    readme = (ROOT / "README.zh-CN.md").read_text(encoding="utf-8")
-    rows = dict(re.findall(r"^\| `([^`]+)` \| ([^|]+?) \|", readme, re.M))
+@pytest.mark.parametrize("readme", ["README.md", "README.zh-CN.md"])
+def test_both_readmes_list_the_same_map(readme):
+    text = (ROOT / readme).read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(0x[^`]+)` \| ([^|]+?) \|", text, re.M))
     for item, cells in marked_cells().items():
-        assert item in rows, f"README.zh-CN.md does not list {item}"
-        for notebook in {nb for nb, _, _ in cells}:
-            assert notebook in rows[item], f"README.zh-CN.md: {item} should name {notebook}"
+        assert item in rows, f"{readme} does not list {item}"
+        named = set(re.findall(r"0\d_[a-z0-9_]+", rows[item]))
+        assert named == {nb for nb, _, _ in cells}, f"{readme}: {item} names {named}, its cells are in " + \
+            str(sorted({nb for nb, _, _ in cells}))
+    assert set(rows) == set(ITEMS), f"{readme} lists items that are not walkthrough items: {set(rows) - set(ITEMS)}"
 
 
 def test_every_glossary_link_of_the_notebooks_has_its_anchor():
