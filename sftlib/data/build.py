@@ -158,12 +158,14 @@ def _check_tokenized(table, sets, train_phase: int, which: str) -> None:
     """A split that rows skipped while tokenizing left empty is an error (nothing cached)."""
     if table is not None and len(table):
         return
-    paths = " ".join(entry for entry, _, sft, _ in sets if not (sft and train_phase != 1))
-    raise SFTError(f"--data_path {paths}: every phase-{train_phase} {which} row was skipped while tokenizing (a "
-                   f"prompt or answer missing or null, a chat without an assistant turn"
-                   f"{', a set without rejected answers' if train_phase == 2 else ''}"
-                   f"{', a prompt longer than --max_seq_len' if train_phase == 3 else ''}); fix the rows or "
-                   f"add usable ones")
+    used = [(entry, split, raw) for entry, split, sft, raw in sets if not (sft and train_phase != 1)]
+    rows = sum(part_sizes(split, raw.split_rows()[which == "eval"])[train_phase - 1] for _, split, raw in used)
+    chats = any(raw.spec.kind == "messages" for _, _, raw in used)
+    reasons = ["a chat without an assistant turn" if chats else "a prompt or answer missing or null"]
+    reasons += ["a set without rejected answers"] * (train_phase == 2) + ["a prompt longer than --max_seq_len"] * (
+        train_phase == 3)
+    raise SFTError(f"--data_path {' '.join(e for e, _, _ in used)}: all {rows} phase-{train_phase} {which} rows were "
+                   f"skipped while tokenizing ({', '.join(reasons)}); fix the rows or add usable ones")
 
 
 def build_prompt_datasets(request: BuildRequest, tokenizer):

@@ -61,7 +61,7 @@ def conversation_problem(messages) -> str | None:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             return f"messages[{i}] needs a string 'role' and a string 'content'"
         if m["role"] not in ROLES:
-            return f"messages[{i}] has the role {m['role']!r}; a turn's role is one of {', '.join(ROLES)}"
+            return f"messages[{i}] has the role {m['role']!r}; a turn's role is {', '.join(ROLES[:-1])} or {ROLES[-1]}"
     if messages[0]["role"] == "assistant":
         return "the conversation starts with an assistant turn; start with a user (or system) turn"
     return None
