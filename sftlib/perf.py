@@ -167,7 +167,11 @@ def packed_samples(batch: dict) -> int:
 
 
 class StepMeter:
-    """Counts samples, tokens and FLOPs of this rank's micro batches between two log lines."""
+    """Counts samples, tokens and FLOPs of this rank's micro batches between two log lines, and the
+    time they took: one clock for every rate, so samples/s, tokens/s and TFLOPs of a log line are
+    all over the same span. ``pause`` stops the clock (an evaluation between epochs, a checkpoint
+    save) and ``resume`` restarts it, so an optimizer step that spans two epochs counts its own
+    micro batches' time only."""
 
     def __init__(self, model_or_config, gradient_checkpointing: bool = False, world_size: int = 1):
         self.dims = model_or_config if isinstance(model_or_config, ModelDims) else model_dims(model_or_config)
@@ -178,27 +182,53 @@ class StepMeter:
         self.reset()
 
     def reset(self) -> None:
-        self.samples, self.tokens, self.flops, self.t0 = 0, 0, 0.0, time.time()
+        """Clear the counts and start a new span now."""
+        self.samples, self.tokens, self.real_tokens, self.flops = 0, 0, 0, 0.0
+        self.seconds, self.t0 = 0.0, time.time()
 
-    def add(self, batch: dict) -> None:
-        """Count one micro batch (``input_ids`` of shape batch x padded length; packed rows count their samples)."""
+    def pause(self) -> None:
+        """Stop the clock; the time until ``resume`` belongs to no span."""
+        if self.t0 is not None:
+            self.seconds += time.time() - self.t0
+            self.t0 = None
+
+    def resume(self) -> None:
+        """Restart a paused clock (a running one keeps running)."""
+        if self.t0 is None:
+            self.t0 = time.time()
+
+    def elapsed(self) -> float:
+        """Seconds counted in this span so far."""
+        return self.seconds + (time.time() - self.t0 if self.t0 is not None else 0.0)
+
+    def add(self, batch: dict, real_tokens: int | None = None) -> None:
+        """Count one micro batch (``input_ids`` of shape batch x padded length; packed rows count their
+        samples); ``real_tokens``: its non-padding tokens, when the caller knows them."""
         b, s = batch["input_ids"].shape[:2]
         mask = batch.get("attention_mask")
         packed = "position_ids" in batch and (mask is None or mask.dim() == 4)
         self.samples += packed_samples(batch) if packed else b
         self.tokens += b * s  # padded tokens: what the device computes on (the model may rewrite the mask)
+        self.real_tokens += real_tokens if real_tokens is not None else (
+            int(mask.sum()) if mask is not None and mask.dim() == 2 else b * s)
         self.flops += train_flops(self.dims, b, s, self.checkpointing, self.trainable)
 
     def report(self) -> dict:
-        """Rates since the last report (samples/s and tokens/s for all ranks, TFLOPs per device); resets."""
-        seconds = max(time.time() - self.t0, 1e-9)
+        """Rates over this span (samples/s and tokens/s for all ranks, TFLOPs per device, ``seconds``
+        the span itself); then a new span starts."""
+        seconds = max(self.elapsed(), 1e-9)
         out = {"samples_per_s": self.samples * self.world_size / seconds,
+               "tokens_per_s": self.real_tokens * self.world_size / seconds,
                "padded_tokens_per_s": self.tokens * self.world_size / seconds,
                "tflops": tflops(self.flops, seconds), "seconds": seconds}
         self.reset()
         return out
 
     def line(self) -> str:
-        """``12.3 samples/s | 0.004 TFLOPs``, for the training log line; resets."""
-        r = self.report()
-        return f"{r['samples_per_s']:.1f} samples/s | {r['tflops']:.3g} TFLOPs"
+        """``12.3 samples/s | 0.004 TFLOPs``, for the training log line; starts a new span."""
+        return rate_line(self.report())
+
+
+def rate_line(rates: dict) -> str:
+    """The rates part of a training log line, from a ``StepMeter.report``."""
+    return f"{rates['samples_per_s']:.1f} samples/s | {rates['tflops']:.3g} TFLOPs"

@@ -200,11 +200,14 @@ def train_one_epoch(args, engine, lr_scheduler, train_dataloader, device, report
     """Forward, ``engine.backward``, ``engine.step`` per micro batch; a log line (and maybe a checkpoint)
     per optimizer step, at DeepSpeed's own accumulation boundaries, which run on across epochs (with a
     batch count that is not a multiple of --gradient_accumulation_steps, a step spans two epochs;
-    ``carry`` holds its loss and tokens from one call to the next). ``first`` micro batches are
-    skipped and ``rng_state`` restored when resuming."""
-    from tqdm.auto import tqdm
+    ``carry`` holds its loss and its ``StepMeter`` from one call to the next). Every rate of a log line
+    is timed over the same span, that step's micro batches: evaluations and checkpoint saves are not
+    in it. ``first`` micro batches are skipped and ``rng_state`` restored when resuming. The progress
+    bar is drawn on a terminal only (tqdm's ``disable=None``: off when stdout is a notebook, a pipe or
+    a file, so a log holds the step lines alone)."""
+    from tqdm import tqdm
 
-    from sftlib.perf import StepMeter
+    from sftlib.perf import StepMeter, rate_line
 
     world, rank = dist.get_world_size(), dist.get_rank()
     print_rank_0(f"Beginning of Epoch {epoch + 1}/{args.num_train_epochs}, Total Micro Batches {len(train_dataloader)}")
@@ -217,10 +220,13 @@ def train_one_epoch(args, engine, lr_scheduler, train_dataloader, device, report
     if rng_state is not None:
         checkpoint.restore_rng(rng_state)
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.num_train_epochs}", initial=first, total=len(train_dataloader),
-               disable=rank != 0, leave=False, file=sys.stdout)
+               disable=True if rank != 0 else None, leave=False, file=sys.stdout)
     carry = carry if carry is not None else {}
-    acc_loss, acc_tokens, t0 = carry.get("loss", 0.0), carry.get("tokens", 0), carry.get("t0", time.time())
-    meter = StepMeter(engine, args.gradient_checkpointing, world)  # samples/s and TFLOPs per device
+    acc_loss = carry.get("loss", 0.0)
+    if "meter" not in carry:  # samples/s, tokens/s and TFLOPs per device, one clock for all three
+        carry["meter"] = StepMeter(engine, args.gradient_checkpointing, world)
+    meter = carry["meter"]
+    meter.resume()  # paused at the end of the last epoch: the evaluation in between is in no step's time
     for step, batch in enumerate(bar, start=first):
         batch = utils.to_device(batch, device)
         n_tokens = collate.pop_token_count(batch)  # the packing collator's count leaves the batch here
@@ -231,20 +237,22 @@ def train_one_epoch(args, engine, lr_scheduler, train_dataloader, device, report
         boundary = engine.is_gradient_accumulation_boundary()  # asked before step(), which counts the micro step
         engine.step()
         acc_loss += loss.item() / args.gradient_accumulation_steps
-        acc_tokens += n_tokens
-        meter.add(batch)  # StepMeter counts packed rows' samples from their position_ids
-        carry.update(loss=acc_loss, tokens=acc_tokens, t0=t0)
+        meter.add(batch, n_tokens)  # StepMeter counts packed rows' samples from their position_ids
+        carry["loss"] = acc_loss
         if not boundary:
             continue
+        rates = meter.report()  # this step's span ends here, before any collective, print or save
         # the collective's tensor lives on the engine's device: NCCL refuses CPU tensors
-        stats = utils.get_all_reduce_mean(torch.tensor([acc_loss, acc_tokens], dtype=torch.float64, device=device))
-        tok_s = float(stats[1]) * world / max(time.time() - t0, 1e-9)
-        reporter.step(engine.global_steps, float(stats[0]), lr_scheduler.get_last_lr()[0], tok_s, meter.line(),
-                      write=bar.write)
+        stats = utils.get_all_reduce_mean(torch.tensor([acc_loss, rates["tokens_per_s"], rates["samples_per_s"]],
+                                                       dtype=torch.float64, device=device))
+        rates["samples_per_s"] = float(stats[2])  # the mean of the ranks' rates, as tokens/s
+        reporter.step(engine.global_steps, float(stats[0]), lr_scheduler.get_last_lr()[0], float(stats[1]),
+                      rate_line(rates), write=bar.write)
         if args.save_steps > 0 and engine.global_steps % args.save_steps == 0:
             save_checkpoint(args, engine, epoch, step + 1, reporter.history)
-        acc_loss, acc_tokens, t0 = 0.0, 0, time.time()
-        carry.update(loss=acc_loss, tokens=acc_tokens, t0=t0)
+        acc_loss = carry["loss"] = 0.0
+        meter.reset()  # the next step's span starts after the log line and the checkpoint
+    meter.pause()
 
 
 def save_checkpoint(args, engine, epoch: int, step_in_epoch: int, history: History) -> None:
@@ -323,7 +331,7 @@ def main(args=None) -> History:
     print_rank_0("***** Running training *****")
     if not args.resume_from_checkpoint:
         evaluate(args, engine, eval_dataloader, device, reporter, epoch=0)
-    carry = {}  # an optimizer step's loss and tokens, when it spans two epochs
+    carry = {}  # an optimizer step's loss and meter, when it spans two epochs
     for epoch in range(start_epoch, args.num_train_epochs):
         resuming = epoch == start_epoch
         train_one_epoch(args, engine, lr_scheduler, train_dataloader, device, reporter, epoch,

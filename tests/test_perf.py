@@ -129,3 +129,27 @@ def test_lora_frozen_weights_skip_their_weight_gradients(world, only_lora):
     meter = perf.StepMeter(model)
     meter.add({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
     assert meter.flops == pytest.approx(ours)
+
+
+def test_one_clock_for_every_rate_and_paused_time_is_in_no_span(monkeypatch):
+    clock = [10.0]
+    monkeypatch.setattr(perf.time, "time", lambda: clock[0])
+    meter = perf.StepMeter(perf.ModelDims(128, 4, 1744, 4, 128, 512, False))
+    batch = {"input_ids": torch.ones(4, 8, dtype=torch.long),
+             "attention_mask": torch.tensor([[1] * 5 + [0] * 3] * 4)}
+    meter.add(batch)
+    clock[0] = 11.0  # one second of training, then an evaluation of 30 s that must not count
+    meter.pause()
+    clock[0] = 41.0
+    meter.resume()
+    meter.add(batch, real_tokens=20)
+    clock[0] = 42.0
+    r = meter.report()
+    assert r["seconds"] == 2.0 and r["samples_per_s"] == 4.0 and r["tokens_per_s"] == 20.0
+    assert r["tokens_per_s"] / r["samples_per_s"] == 5, "real tokens per sample, whatever the clock"
+    assert r["tflops"] == pytest.approx(2 * perf.train_flops(meter.dims, 4, 8) / 2.0 / 1e12)
+    clock[0] = 50.0
+    meter.reset()  # a new span starts at the reset, not at the report (a checkpoint in between)
+    clock[0] = 51.0
+    meter.add(batch)
+    assert meter.report()["seconds"] == 1.0

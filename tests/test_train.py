@@ -41,6 +41,35 @@ def test_one_rank_run_trains_and_saves(world, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")], "no temporary folder left behind"
 
 
+def test_every_rate_of_a_log_line_is_timed_over_the_same_span(world, tmp_path, capsys):
+    """tokens/s over samples/s is the real tokens per sample of that step, on every line: the first
+    step of an epoch (after an evaluation) and the step after a checkpoint included."""
+    import re
+
+    import torch
+
+    from sftlib.train import main
+
+    args = small_args(world, tmp_path / "sft", "--num_train_epochs", "2", "--per_device_train_batch_size", "64",
+                      "--save_steps", "3")
+    main(args)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert len(lines) == 12
+    from sftlib.data import create_prompt_dataset
+    from sftlib.model import load_hf_tokenizer
+
+    tok = load_hf_tokenizer(str(world["opt"]))
+    train_set, _ = create_prompt_dataset(0, [str(world["data"])], "10,0,0", str(tmp_path / "cache"), 1, 1234, tok,
+                                         48, end_of_conversation_token=tok.eos_token)
+    lengths = torch.stack([train_set[i]["attention_mask"] for i in range(len(train_set))]).sum(1)
+    for line in lines:
+        rate, unit = re.search(r"\| ([\d.]+)(k?) tok/s", line).groups()
+        tokens_per_s = float(rate) * (1000 if unit else 1)
+        samples_per_s = float(re.search(r"([\d.]+) samples/s", line).group(1))
+        per_sample = tokens_per_s / samples_per_s  # "1.2k" keeps 2-3 digits: 5% either way
+        assert 0.95 * lengths.min() <= per_sample <= 1.05 * lengths.max(), line
+
+
 @pytest.mark.slow
 def test_cpu_script_two_ranks_zero3_saves_a_loadable_folder(world, tmp_path):
     """training_scripts/cpu/run_tiny.sh: `deepspeed --num_gpus 2` on CPU ranks, ZeRO-3."""
