@@ -53,6 +53,7 @@ INSTALL_URL = re.compile(r'^REPO_URL = "([^"]*)"', re.M)
 PLACEHOLDER = re.compile(r"\b(?:owner|user|username|your[-_]?(?:name|user|username|org))/"
                          r"(?:repo|repository|project|your[-_]?repo)\b", re.I)
 GITHUB = re.compile(r"^https://github\.com/([A-Za-z0-9][A-Za-z0-9-]*)/([A-Za-z0-9._-]+?)/?$")
+MATHJAX_EXTENSIONS = ["input/tex/extensions/textmacros.js"]  # text-mode \_ (see book/assets/mathjax-config.js)
 TEXT_SUFFIXES = {".html", ".ipynb", ".json", ".md", ".txt", ".xml", ".js"}
 
 
@@ -232,9 +233,12 @@ def assemble(src: Path, executed: Path, repo: str, branch: str) -> list:
             nav_top.append(site_path)
     assets = src / "assets"
     shutil.copytree(ROOT / "book" / "assets", assets)
-    tex_svg = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5" / "tex-svg.js"
+    es5 = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5"
     (assets / "mathjax").mkdir()
-    shutil.copy2(tex_svg, assets / "mathjax" / "tex-svg.js")
+    shutil.copy2(es5 / "tex-svg.js", assets / "mathjax" / "tex-svg.js")
+    for extension in MATHJAX_EXTENSIONS:  # loaded by assets/mathjax-config.js, from beside tex-svg.js
+        (assets / "mathjax" / extension).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(es5 / extension, assets / "mathjax" / extension)
     readmes = sum(1 for p in ("README.md", "README.zh-CN.md") if p in pages)  # first in nav_top
     sections = [{"Notebooks": nav_notebooks}, {"Data cards": nav_cards}]
     sections += [{"Model cards": nav_models}] if nav_models else []

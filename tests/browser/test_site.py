@@ -2,7 +2,9 @@
 
 Serves outputs/book/site over http.server on a free port and opens the landing page and every
 notebook page: plots are images that loaded, no page shows an error output, maths is typeset by the
-bundled MathJax (no raw `$...$` left), each page has its launch links, and the search finds a word.
+bundled MathJax (no raw `$...$` left, no visible backslash such as `lora\\_scaling`, formulas at full size
+and wide ones scrolling), each page has its launch links when the site was built with a repository
+URL and none when it was not (outputs/book/build.json says which), and the search finds a word.
 Screenshots go to outputs/book/screenshots/. Without a built site the tests skip, unless
 SFTLIB_SITE_REQUIRED=1 (as `make browser` sets), when they fail.
 """
@@ -22,8 +24,9 @@ import pytest
 from tests.helpers import ROOT as ROOT_DIR
 
 ROOT = Path(ROOT_DIR)
-SITE = ROOT / "outputs" / "book" / "site"
+SITE = Path(os.environ.get("SFTLIB_SITE_DIR") or ROOT / "outputs" / "book" / "site")  # another built site to check
 EXECUTED = ROOT / "outputs" / "executed"
+BUILT_WITH = SITE.parent / "build.json"  # {"repo_url": ..., "branch": ...}, written by book/build.py
 SHOTS = ROOT / "outputs" / "book" / "screenshots"
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
 RAW_MATH = re.compile(r"\$\$.+?\$\$|\$[^$\s][^$\n]*?[^$\s\\]\$", re.S)
@@ -98,6 +101,25 @@ def images(driver) -> list[dict]:
             img => ({src: img.src.slice(0, 60), ok: img.complete && img.naturalWidth > 0}));""")
 
 
+def repo_url() -> str:
+    return json.loads(BUILT_WITH.read_text(encoding="utf-8"))["repo_url"] if BUILT_WITH.exists() else ""
+
+
+def maths_problems(driver) -> list[str]:
+    """Typeset formulas that show a backslash (a text-mode macro left as written) or are shrunk to the column."""
+    return driver.execute_script("""
+        const found = [];
+        for (const c of document.querySelectorAll('mjx-container')) {
+            const text = ((c.querySelector('mjx-assistive-mml') || {}).textContent || '').slice(0, 80);
+            const svg = c.querySelector('svg');
+            if (text.includes('\\\\')) found.push('backslash shown: ' + text);
+            if (svg && getComputedStyle(svg).maxWidth !== 'none') found.push('shrunk to the column: ' + text);
+            if (c.getAttribute('display') === 'true' && c.scrollWidth > c.clientWidth + 1
+                && !['auto', 'scroll'].includes(getComputedStyle(c).overflowX)) found.push('clipped: ' + text);
+        }
+        return found;""")
+
+
 def image_outputs(name: str) -> int:
     nb = json.loads((EXECUTED / f"{name}.ipynb").read_text(encoding="utf-8"))
     return sum(1 for c in nb["cells"] for o in c.get("outputs", [])
@@ -128,9 +150,17 @@ def test_notebook_page(browser, site_url, name):
     markdown = browser.execute_script(
         "return Array.from(document.querySelectorAll('.jp-RenderedMarkdown')).map(e => e.innerText).join('\\n')")
     assert not RAW_MATH.findall(markdown), f"{name}: maths left as raw LaTeX: {RAW_MATH.findall(markdown)[:3]}"
+    assert not maths_problems(browser), f"{name}: {maths_problems(browser)[:3]}"
     links = browser.execute_script("return Array.from(document.querySelectorAll('.launch-links a')).map(a => a.href)")
-    assert [h.split('/')[2] for h in links] == ["colab.research.google.com", "mybinder.org", "github.com"], links
-    assert all(h.endswith(f"{name}.ipynb") for h in (links[0], links[2])) and f"{name}.ipynb" in links[1]
+    hrefs = browser.execute_script("return Array.from(document.querySelectorAll('a')).map(a => a.href)")
+    text = browser.find_element("css selector", "article").text
+    assert "Where this runs." in text and "Python 3.11" in text, f"{name}: the page does not say what works where"
+    assert not [h for h in hrefs if "OWNER/REPO" in h.upper()], f"{name}: a link to a placeholder repository"
+    if repo_url():
+        assert [h.split('/')[2] for h in links] == ["colab.research.google.com", "mybinder.org", "github.com"], links
+        assert all(h.endswith(f"{name}.ipynb") for h in (links[0], links[2])) and f"{name}.ipynb" in links[1]
+    else:  # built without the repository's URL: no launch, Binder or source links at all
+        assert not links and not [h for h in hrefs if "colab.research" in h or "mybinder.org" in h], hrefs
     browser.save_screenshot(str(SHOTS / f"{name}.png"))
     maths = browser.find_elements("css selector", "mjx-container[display='true']")
     if maths:  # a second view, on the first displayed formula
