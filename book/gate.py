@@ -14,8 +14,9 @@ carriage return into a line break, so a tqdm bar's every redraw is a line of its
   `undefined reference to`).
 - path: an absolute path of the machine that ran it: `/tmp/`, `/work/`, `/root/`, `/home/`,
   `site-packages`, the repository's absolute path, `sys.prefix`, `$HOME`, the temporary folder.
-- progress: a Jupyter widget output (a static page freezes it at 0%), or a text progress bar
-  (`NN%|`) below 100%.
+- widget: a Jupyter widget output (tqdm.auto's bar, `interact`): a static page shows it frozen,
+  a progress bar at 0%.
+- progress: a text progress bar (`NN%|`) below 100%.
 - length: more than 40 lines of text in one cell's outputs (stream text, and text/plain when the
   output has no richer form: html, markdown, latex, an image).
 - traceback: an error output, or "Traceback (most recent call last)" in any text.
@@ -115,7 +116,7 @@ def check_cell(name: str, index: int, cell: dict, paths: re.Pattern) -> list[Fai
                                     f"error output {output.get('ename')}: {text_of(output.get('evalue', ''))}"))
         if WIDGET_MIME in output.get("data", {}):  # its text/plain is the widget's fallback: not checked again
             fallback = lines_of(text_of(output["data"].get("text/plain", "")))[0]
-            failures.append(Failure(name, index, "progress", f"a Jupyter widget output (frozen on a static page): "
+            failures.append(Failure(name, index, "widget", f"a Jupyter widget output (frozen on a static page): "
                                                              f"{fallback}"))
             continue
         for mime, text, count in output_texts(output):

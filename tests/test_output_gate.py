@@ -39,8 +39,8 @@ BAD = {
              result({"text/plain": f"'{ROOT}/outputs'"}),
              result({"text/html": f"<td>{sys.prefix}/bin/python</td>", "text/plain": "df"})],
     "progress": [stream("Loading weights:   0%|          | 0/68 [00:00<?, ?it/s]\n", "stderr"),
-                 stream("epoch 1:  50%|#####     | 12/24\repoch 1: 100%|##########| 24/24\n", "stderr"),
-                 new_output("display_data", data={
+                 stream("epoch 1:  50%|#####     | 12/24\repoch 1: 100%|##########| 24/24\n", "stderr")],
+    "widget": [new_output("display_data", data={
                      "application/vnd.jupyter.widget-view+json": {"model_id": "abc", "version_major": 2,
                                                                  "version_minor": 0},
                      "text/plain": "  0%|          | 0/24 [00:00<?, ?it/s]"})],
