@@ -4,6 +4,8 @@ plus an exact-match score over held-out prompts.
     python -m sftlib.prompt_eval --model_name_or_path_baseline toy_world/opt-tiny \\
         --model_name_or_path_finetune outputs/demo/model --eval_file toy_world/data/eval.json
 
+``--prompt TEXT`` (repeatable) replaces the original's prompts of ``--language`` with your own.
+
 Explained in notebooks/05_main_training_loop.ipynb.
 """
 
@@ -170,6 +172,8 @@ def parse_args(argv=None):
     p.add_argument("--num_return_sequences", type=int, default=1)
     p.add_argument("--max_new_tokens", type=int, default=100)
     p.add_argument("--language", type=str, default="English", choices=sorted(PROMPTS))
+    p.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                   help="a prompt to generate from, instead of --language's (repeat it for several)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
                    help="precision on the accelerator (the original: fp32); a CPU runs fp32 only")
     p.add_argument("--eval_file", type=str, default=None,
@@ -184,7 +188,7 @@ def main(argv=None) -> None:
     model_fintuned, _ = load_model(args.model_name_or_path_finetune, device, dtype)
     if device.type != "cpu":  # the original printed nothing here; on a GPU, say where the models went
         print(f"models on {device} in {args.dtype}")
-    prompt_eval(args, model_baseline, model_fintuned, tokenizer, device, PROMPTS[args.language])
+    prompt_eval(args, model_baseline, model_fintuned, tokenizer, device, args.prompt or PROMPTS[args.language])
     if args.eval_file:
         from sftlib.data import read_json_rows
 

@@ -59,6 +59,15 @@ def test_printed_layout(world, capsys):
     assert "====================prompt end=============================" in out
 
 
+
+def test_own_prompts_replace_the_languages(world, capsys):
+    prompts = ["\n\nHuman: What is the opposite of hot?\n\nAssistant:", "\n\nHuman: What is 5 plus one?\n\nAssistant:"]
+    prompt_eval.main(["--model_name_or_path_baseline", str(world["opt"]), "--model_name_or_path_finetune",
+                      str(world["opt"]), "--max_new_tokens", "3", *[a for q in prompts for a in ("--prompt", q)]])
+    out = capsys.readouterr().out
+    assert out.count("==========Baseline: Greedy=========") == 2 and out.count("prompt end") == 2
+    assert "opposite of hot?" in out and "5 plus one?" in out and "Microsoft" not in out
+
 def test_picks_the_accelerator_in_the_dtype_asked_for(world, monkeypatch):
     """Mocked CUDA: main loads both models on cuda:LOCAL_RANK in bf16 (nothing is loaded for real)."""
     import torch
