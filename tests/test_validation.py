@@ -39,6 +39,19 @@ def bad_model(world, tmp, kind):
     return str(folder)
 
 
+def tiny_data(world, tmp, kind):
+    """A 4-row file (its 9:1 cut leaves eval no row), or 20 chats of which row 13 has an unknown role."""
+    if kind == "rows":
+        lines = (world["data"] / "train.json").read_bytes().splitlines(keepends=True)[:4]
+        (tmp / "rows.jsonl").write_bytes(b"".join(lines))
+        return {"--data_path": f"local/jsonfile={tmp / 'rows.jsonl'}"}
+    rows = [json.loads(line) for line in (world["chat"] / "train.json").read_text().splitlines()[:20]]
+    rows[12]["messages"][1]["role"] = "robot"
+    (tmp / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    template = str(world["chat"] / "chat_template.jinja")
+    return {"--data_path": f"messages={tmp / 'chats.jsonl'}", "--chat_template": template}
+
+
 def foreign_output(tmp):
     (tmp / "out").mkdir()
     (tmp / "out" / "notes.txt").write_text("mine")
@@ -88,6 +101,9 @@ CASES = [
     ("non-UTF-8 data", lambda w, t: {"--data_path": bad_data(w, t, "bytes")}, "train.json:7: byte 0xff at column"),
     ("malformed json line", lambda w, t: {"--data_path": bad_data(w, t, "json")}, "train.json:7: malformed json"),
     ("row without chosen", lambda w, t: {"--data_path": bad_data(w, t, "row")}, "train.json:7: line is missing"),
+    ("no phase-1 rows", {"--data_split": "0,10,0"}, "phase 1 gets no train rows"),
+    ("4-row file, no eval row", lambda w, t: tiny_data(w, t, "rows"), "phase 1 gets no eval rows (4 rows cut 9:1"),
+    ("unknown chat role", lambda w, t: tiny_data(w, t, "chats"), "chats.jsonl:13: messages[1] has the role 'robot'"),
     ("truncated weights", lambda w, t: {"--model_name_or_path": bad_model(w, t, "truncated")}, "are unreadable"),
     ("model without config", lambda w, t: {"--model_name_or_path": bad_model(w, t, "no_config")}, "no config.json"),
     ("output dir is a file", lambda w, t: {"--output_dir": str((t / "f").write_text("x") and t / "f")}, "is a file"),
@@ -144,7 +160,7 @@ if __name__ == "__main__":  # the table: input, one-line error
 
     from sftlib.lessons.toy import ensure_toy_world
 
-    world = ensure_toy_world(("opt",))
+    world = ensure_toy_world(("opt",), chat=True)
     print("| # | bad input | error |\n|---|---|---|")
     for i, (case, change, _) in enumerate(CASES, 1):
         tmp = Path(tempfile.mkdtemp())

@@ -59,6 +59,8 @@ def cache_problem(folder: Path) -> str | None:
         return "meta.json missing or unreadable (an interrupted build?)"
     if info.get("format_version") != DATA_FORMAT_VERSION:
         return "written by another sftlib data format version"
+    if info.get("train_rows") == 0 or info.get("eval_rows") == 0:  # left by a version that cached them
+        return "it holds an empty split"
     expected, actual = info.get("files", {}), _manifest(folder)
     if actual != expected:
         bad = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
@@ -106,7 +108,10 @@ def _failure_of(marker: Path, run_id, started: float) -> str | None:
 
 def save_cache(folder: Path, train, evals, info: dict) -> None:
     """Save (train, eval) Arrow tables and ``meta.json`` (``info`` + format version + manifest) to
-    ``folder``: written to a temporary folder, then renamed, so a reader never sees a half-written cache."""
+    ``folder``: written to a temporary folder, then renamed, so a reader never sees a half-written cache.
+    An empty split is never written (the build reports it in one line before it gets here)."""
+    if len(train) == 0 or len(evals) == 0:
+        raise SFTError(f"not caching an empty split in {folder} ({len(train)} train / {len(evals)} eval rows)")
     tmp = Path(f"{folder}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     train.save_to_disk(str(tmp / "train"))

@@ -8,6 +8,7 @@ chat turns with an unknown role. Runs are one epoch at --max_seq_len 128.
 ``python -m tests.data.test_tiny_data`` prints the table: input, what happens, traceback or not."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -156,6 +157,29 @@ def test_library_calls_never_cache_an_empty_split(world, tok, tmp_path):
     with pytest.raises(SFTError, match=r"phase 3 gets no eval rows \(4 rows cut 9:1 into 4 train / 0 eval\)"):
         create_prompt_dataset(0, [f"local/jsonfile={tmp_path / 'rows.jsonl'}"], "2,4,4", str(tmp_path / "c"), 3,
                               1234, tok, 64)
+
+
+def test_an_empty_split_cached_by_an_older_version_is_rebuilt(world, tok, tmp_path):
+    import datasets
+
+    from sftlib.data import cache_problem, create_prompt_dataset
+    from sftlib.data.cache import _manifest
+
+    write_jsonl(tmp_path / "rows" / "train.json", prompt_rows(world, 9))
+    write_jsonl(tmp_path / "rows" / "eval.json", prompt_rows(world, 9, start=9))
+    args = (0, [str(tmp_path / "rows")], "10,0,0", str(tmp_path / "c"), 1, 1234, tok, 64)
+    create_prompt_dataset(*args)
+    folder = next(p for p in (tmp_path / "c").glob("prompt_dataset_*") if p.is_dir())
+    evals = datasets.load_from_disk(str(folder / "eval"))  # what the older code left: an empty eval split
+    evals.select([]).save_to_disk(str(tmp_path / "empty"))
+    shutil.rmtree(folder / "eval")
+    shutil.copytree(tmp_path / "empty", folder / "eval")
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "eval_rows": 0, "files": _manifest(folder)}))
+    assert cache_problem(folder) == "it holds an empty split"
+    with pytest.warns(UserWarning, match="it holds an empty split"):
+        _, rebuilt = create_prompt_dataset(*args)
+    assert len(rebuilt) == 9 and empty_splits(tmp_path / "c") == []
 
 
 def test_a_blend_needs_rows_in_total_not_from_every_set(world, tok, tmp_path):
