@@ -8,7 +8,9 @@ Three layers, as in the original:
    their own the same way, from a json file (see data_cards/README.md). Rows are loaded from the
    hub or local files by ``sources.py``.
 2. ``split_indices`` (``splits.py``): the seeded permutation cut by ``--data_split``; phase p uses
-   part p-1, and the index files carry the original names.
+   part p-1, and the index files carry the original names. Every split is counted before anything
+   is tokenized: a phase with no train or no eval rows is a one-line error naming the data path, the
+   split and the row counts, and no empty split is ever cached (data_cards/README.md).
 3. ``create_prompt_dataset`` (``build.py``): tokenized phase-1/2/3 datasets. Compat mode gives
    exactly the tensors of the original one-at-a-time recipe, but tokenizes in batches
    (``tokenize.py``), stores unpadded int32 ids as Arrow (``PromptDataset`` in

@@ -144,8 +144,8 @@ def check_split_rows(sets, train_phase: int) -> None:
             least = _least(split, part, n_train + n_eval if cut else n_eval, cut)
             if least is not None:
                 fixes.append(f"{least} rows or more" if cut else f"an eval split of {least} rows or more")
-            if not cut and n_eval:
-                fixes.append(f"a larger phase-{train_phase} share of --data_split")
+            if n_eval:  # the split, not the row count, left this phase no eval row
+                fixes.append(f"a larger phase-{train_phase} share of --data_split (10,0,0 for SFT alone)")
         if any(cut for _, _, (_, _, cut) in sets):  # a single file: an eval file of its own helps too
             fixes.append("a folder with train.json and eval.json")
         fixes = list(dict.fromkeys(fixes))
