@@ -97,7 +97,7 @@ def render_html(view: LabelView) -> str:
     cells = []
     for t in view.tokens:
         start = packed and t.position == 0 and t.sample >= 0
-        style = (f"background:{COLOURS[t.kind]};color:#000;white-space:pre;display:inline-block;margin:1px 0;"
+        style = (f"background:{COLOURS[t.kind]};color:#000;white-space:pre;display:inline-block;margin:1px 1px 1px 0;"
                  f"padding:0 1px;border-bottom:3px solid {'#b00' if t.loss else 'transparent'};"
                  f"{'opacity:.55;' if not t.loss else ''}{'border-left:2px solid #333;' if start else ''}")
         tip = f"#{t.index} id {t.token_id} {t.kind} label {t.label} pos {t.position}"
