@@ -38,6 +38,56 @@ def demo_train_args(paths: dict, out: Path) -> list[str]:
             *DEMO_TRAIN_ARGS]
 
 
+def train_for_page(argv: list[str], every: int = 24):
+    """``sftlib.train.main(argv)`` with its log cut down for a notebook page; returns the run's ``History``.
+
+    Printed: every ``every``-th step line, each evaluation's ``ppl:`` line and the save line (the
+    whole log of a demo run is about 250 lines); ``History`` keeps every step, for a plot.
+    """
+    import contextlib
+    import io
+
+    from sftlib import train
+
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            history = train.main(argv)
+    except BaseException:
+        print(log.getvalue()[-3000:])  # a failed run shows the end of its whole log
+        raise
+    for line in log.getvalue().splitlines():
+        step = line.split(" | ")[0].removeprefix("step ")
+        if (line.startswith("step ") and step.isdigit() and int(step) % every == 0) or \
+                line.startswith(("ppl: ", "saved to ")):
+            print(line)
+    return history
+
+
+def perplexity_split(model, tokenizer, rows: list[dict]) -> dict:
+    """Token-weighted perplexity of ``prompt + chosen + EOS`` over the prompt's tokens and over the answer's.
+
+    The training log's perplexity mixes both; this shows where a model is still unsure. Returns
+    ``{"prompt": ppl, "answer": ppl, "prompt_tokens": n, "answer_tokens": n}``.
+    """
+    import math
+
+    import torch
+
+    sums = {"prompt": [0.0, 0], "answer": [0.0, 0]}
+    for r in rows:
+        prompt_len = len(tokenizer(r["prompt"]).input_ids)
+        ids = torch.tensor([tokenizer(r["prompt"] + r["chosen"] + tokenizer.eos_token).input_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+        nll = -logp.gather(1, ids[0, 1:, None])[:, 0]  # position i predicts token i + 1
+        for part, piece in (("prompt", nll[:prompt_len - 1]), ("answer", nll[prompt_len - 1:])):
+            sums[part][0] += piece.sum().item()
+            sums[part][1] += piece.numel()
+    return {**{k: math.exp(total / max(n, 1)) for k, (total, n) in sums.items()},
+            **{f"{k}_tokens": n for k, (_, n) in sums.items()}}
+
+
 def examples(rows: list[dict]) -> list[dict]:
     """One held-out row per task family, for the side-by-side table."""
     seen, picked = set(), []
