@@ -21,10 +21,10 @@ from sftlib.data.cache import (
     tokenizer_fingerprint,
     wait_for_cache,
 )
-from sftlib.data.messages import chat_template_of, check_roles_rendered
+from sftlib.data.messages import chat_template_of, tool_turn_problem
 from sftlib.data.raw import get_raw_dataset
 from sftlib.data.registry import resolve_data_path
-from sftlib.data.sources import fingerprint_source, load_hub, select_rows
+from sftlib.data.sources import fingerprint_source, load_hub, row_location, select_rows
 from sftlib.data.splits import get_raw_dataset_split_index, get_shuffle_idx, parse_data_split, part_sizes
 from sftlib.data.tokenize import tokenize_split
 from sftlib.dist import global_rank
@@ -168,6 +168,17 @@ def _check_tokenized(table, sets, train_phase: int, which: str) -> None:
                    f"skipped while tokenizing ({', '.join(reasons)}); fix the rows or add usable ones")
 
 
+def _check_tool_turns(sets, tokenizer) -> None:
+    """Chats with a ``tool`` turn need a template that renders it: else one line naming the file and line."""
+    for _, _, _, raw in sets:
+        found = tool_turn_problem(raw.raw_datasets, tokenizer) if raw.spec.kind == "messages" else None
+        if found:
+            split, row, problem = found
+            where = row_location(raw.source, split, row) if raw.source else \
+                f"{raw.dataset_name} ({split}): row {row + 1}"
+            raise SFTError(f"{where}: {problem}")
+
+
 def build_prompt_datasets(request: BuildRequest, tokenizer):
     """Tokenize and blend every set (no cache). Returns Arrow (train, eval) and a stats dict.
 
@@ -177,9 +188,7 @@ def build_prompt_datasets(request: BuildRequest, tokenizer):
     sets = [(entry, split, sft, get_raw_dataset(entry, r.output_path, r.seed, r.local_rank))
             for entry, split, sft in _entries(r)]
     check_split_rows(sets, r.train_phase)
-    for _, _, _, raw in sets:
-        if raw.spec.kind == "messages":
-            check_roles_rendered(raw, tokenizer)
+    _check_tool_turns(sets, tokenizer)
     trains, evals, stats = [], [], {}
     for entry, split, sft, raw in sets:
         if sft and r.train_phase != 1:

@@ -114,31 +114,28 @@ def first_row_with_role(column, role: str) -> int | None:
     return pc.list_parent_indices(col)[hits[0].as_py()].as_py()
 
 
-def check_roles_rendered(raw, tokenizer) -> None:
-    """A ``tool`` turn is taken only if the chat template renders it: the first row holding one is
-    rendered, and a template that fails on it or drops its text is a one-line error naming the file and
-    line (``system``, ``user`` and ``assistant`` every chat template renders)."""
-    from sftlib.data.sources import row_location
-
+def tool_turn_problem(splits: dict, tokenizer) -> tuple[str, int, str] | None:
+    """A ``tool`` turn is taken only if the chat template renders it: the first row holding one (in
+    ``splits``, {split: datasets.Dataset}) is rendered; a template that fails on it or drops its text
+    gives (split, row index, what is wrong). ``system``, ``user`` and ``assistant`` every template renders."""
     template = chat_template_of(tokenizer)
-    for split, ds in raw.raw_datasets.items():
+    for split, ds in splits.items():
         row = first_row_with_role(ds.data.column("messages"), "tool")
         if row is None:
             continue
         conv = clean_conversation(ds[row]["messages"], "a messages row") or []
-        where = row_location(raw.source, split, row) if raw.source else f"{raw.dataset_name} ({split}) row {row + 1}"
+        fix = "give a template that renders tool turns (--chat_template FILE) or drop them"
         try:
             text = _render(tokenizer, template, conv)
         except Exception as err:  # jinja's TemplateError, raise_exception(...) in the template
-            raise SFTError(f"{where}: the chat template cannot render this row's tool turn "
-                           f"({str(err).splitlines()[0][:120]}); give a template that renders tool turns "
-                           "(--chat_template FILE) or drop them") from None
+            first = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+            return split, row, f"the chat template cannot render this row's tool turn ({first}); {fix}"
         dropped = [i for i, m in enumerate(conv) if m["role"] == "tool" and m["content"].strip()
                    and m["content"] not in text]
         if dropped:
-            raise SFTError(f"{where}: messages[{dropped[0]}] has the role 'tool', which the chat template does not "
-                           "render (its text would be dropped); give a template that renders tool turns "
-                           "(--chat_template FILE) or drop them")
+            return split, row, (f"messages[{dropped[0]}] has the role 'tool', which the chat template does not render "
+                                f"(its text would be dropped); {fix}")
+    return None
 
 
 def _render(tokenizer, template: str, messages, add_generation_prompt=False) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sftlib.data.messages import arrow_conversations_ok, conversation_problem
 from sftlib.data.registry import DatasetSpec
 from sftlib.utils import SFTError
 
@@ -88,8 +89,6 @@ def _row_check(spec: DatasetSpec):
     """What each row of ``spec``'s files must pass beyond having the required keys (chats: their turns)."""
     if spec.kind != "messages":
         return None
-    from sftlib.data.messages import conversation_problem
-
     return lambda row: conversation_problem(row.get("messages"))
 
 
@@ -97,8 +96,6 @@ def _check_rows(ds, spec: DatasetSpec, where: str) -> None:
     """Chats loaded from parquet, arrow or a saved dataset: every row's turns, in Arrow first."""
     if spec.kind != "messages" or "messages" not in ds.column_names:
         return
-    from sftlib.data.messages import arrow_conversations_ok, conversation_problem
-
     if arrow_conversations_ok(ds.data.column("messages")):
         return
     for i, messages in enumerate(ds["messages"]):
@@ -115,7 +112,7 @@ def _load_file(path: Path, spec: DatasetSpec):
     if path.suffix in (".json", ".jsonl"):
         decode_utf8(path)  # Arrow's json reader would pass bad bytes on silently
         fast = _fast_json(path, required)
-        if fast is not None and (spec.kind != "messages" or _arrow_chats_ok(fast)):
+        if fast is not None and (spec.kind != "messages" or arrow_conversations_ok(fast.data.column("messages"))):
             return fast
         rows = read_json_rows(path, required, _row_check(spec))  # slow, but names the file and line of any problem
         try:
@@ -134,12 +131,6 @@ def _load_file(path: Path, spec: DatasetSpec):
     _check_columns(ds, required, str(path))
     _check_rows(ds, spec, str(path))
     return ds
-
-
-def _arrow_chats_ok(ds) -> bool:
-    from sftlib.data.messages import arrow_conversations_ok
-
-    return arrow_conversations_ok(ds.data.column("messages"))
 
 
 def select_rows(ds, indices):

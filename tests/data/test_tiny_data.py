@@ -222,6 +222,13 @@ def test_tool_turns_only_with_a_template_that_renders_them(world, tmp_path, no_t
     with pytest.raises(SFTError, match=r"chats.jsonl:7: messages\[1\] has the role 'tool', which the chat template "
                                        r"does not render"):
         create_prompt_dataset(0, [f"messages={path}"], "10,0,0", str(tmp_path / "c"), 1, 1234, tok, 128)
+    refusing = tmp_path / "refusing.jinja"  # a template that raises on a tool turn
+    refusing.write_text("{%- for m in messages %}{%- if m['role'] == 'tool' %}{{ raise_exception('no tool turns') }}"
+                        "{%- endif %}{{- m['content'] + eos_token }}{%- endfor %}")
+    load_chat_template(tok, refusing)
+    with pytest.raises(SFTError, match=r"chats.jsonl:7: the chat template cannot render this row's tool turn "
+                                       r"\(no tool turns\)"):
+        create_prompt_dataset(0, [f"messages={path}"], "10,0,0", str(tmp_path / "c"), 1, 1234, tok, 128)
 
 
 if __name__ == "__main__":  # the table: input, what happens, traceback or not
