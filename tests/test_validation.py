@@ -1,7 +1,7 @@
 """sftlib.arguments: every bad input is refused before any work, in one line, exit 2, nothing written.
 
 Each case runs ``python -m sftlib.train`` in-process through ``sftlib.cli.run`` (the same code path
-as the command line, without a new interpreter per case). ``python tests/test_validation.py`` prints
+as the command line, without a new interpreter per case). ``python -m tests.test_validation`` prints
 the table of inputs and errors."""
 
 import json
