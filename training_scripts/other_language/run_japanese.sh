@@ -5,7 +5,7 @@ OUTPUT=${1:-./outputs/mgpt-japanese}
 ZERO_STAGE=${2:-2}
 mkdir -p "$(dirname "$OUTPUT")"
 ${SFTLIB_LAUNCHER:-deepspeed} --module sftlib.train \
-   --data_path Cohere/miracl-ja-queries-22-12 lmqg/qg_jaquad lmqg/qag_jaquad mkqa-Japanese \
+   --data_path mkqa-Japanese Cohere/miracl-ja-queries-22-12 lmqg/qg_jaquad lmqg/qag_jaquad \
    --data_split 10,0,0 \
    --model_name_or_path sberbank-ai/mGPT \
    --per_device_train_batch_size 8 \
