@@ -246,11 +246,12 @@ def assemble(src: Path, executed: Path, repo: str, branch: str) -> list:
 
 
 class Refs(HTMLParser):
-    """The links, images, scripts and stylesheets of one HTML page, and its error outputs."""
+    """The links, images, scripts and stylesheets of one HTML page, its anchors and its error outputs."""
 
     def __init__(self):
         super().__init__()
         self.refs: list[tuple[str, str]] = []
+        self.ids: set[str] = set()
         self.errors = 0
         self.in_script = False
         self.script_urls: list[str] = []
@@ -264,6 +265,7 @@ class Refs(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        self.ids.update(v for k, v in attrs if k == "id" or (tag == "a" and k == "name"))
         if tag == "a" and a.get("href"):
             self.refs.append(("link", a["href"]))
         elif tag == "img" and a.get("src") is not None:
@@ -287,10 +289,13 @@ def check_site(site: Path) -> list[str]:
         if found:
             problems.append(f"{path.relative_to(site)}: placeholder repository URL {found[0]!r} "
                             f"({len(found)} time(s))")
+    parsed = {}
     for page in sorted(p for p in site.rglob("*.html") if p.name != "404.html"):  # 404 uses root paths
-        parser = Refs()
+        parsed[page.resolve()] = parser = Refs()
         parser.feed(page.read_text(encoding="utf-8"))
-        rel = page.relative_to(site)
+    anchors = []  # (page, link, target file, fragment): checked once every page's ids are known
+    for page, parser in parsed.items():
+        rel = page.relative_to(site.resolve())
         problems += [f"{rel}: inline script loads from another host: {url}" for url in parser.script_urls]
         if parser.errors:
             problems.append(f"{rel}: {parser.errors} error output(s)")
@@ -303,12 +308,19 @@ def check_site(site: Path) -> list[str]:
             if parts.scheme or not parts.path:  # data:, mailto:, or an anchor on the same page
                 if kind == "image" and not parts.scheme and not parts.path:
                     problems.append(f"{rel}: image with an empty src")
+                if kind == "link" and not parts.scheme and parts.fragment:
+                    anchors.append((rel, ref, page, unquote(parts.fragment)))
                 continue
             target = (page.parent / unquote(parts.path)).resolve()
             if target.is_dir() or parts.path.endswith("/"):
                 target = target / "index.html"
             if not target.is_file() or site.resolve() not in target.parents:
                 problems.append(f"{rel}: broken {kind} {ref}")
+            elif kind == "link" and parts.fragment and target.suffix == ".html":
+                anchors.append((rel, ref, target, unquote(parts.fragment)))
+    for rel, ref, target, fragment in anchors:
+        if target in parsed and fragment not in parsed[target].ids:
+            problems.append(f"{rel}: link to a missing anchor {ref}")
     return problems
 
 

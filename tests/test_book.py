@@ -150,3 +150,29 @@ def test_check_site_finds_a_placeholder_url(tmp_path):
     assert build.check_site(tmp_path) == [
         "index.html: placeholder repository URL 'OWNER/REPO' (1 time(s))",
         "n.ipynb: placeholder repository URL 'OWNER/REPO' (1 time(s))"]
+
+
+def test_check_site_finds_links_to_missing_anchors(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "index.html").write_text('<h2 id="two">Two</h2><a href="#two">ok</a><a href="#gone">no</a>'
+                                               '<a href="../#top">ok</a><a href="../#nope">no</a>')
+    (tmp_path / "index.html").write_text('<div id="top"></div><a href="a/#two">ok</a>')
+    assert build.check_site(tmp_path) == ["a/index.html: link to a missing anchor #gone",
+                                          "a/index.html: link to a missing anchor ../#nope"]
+
+
+def test_the_table_of_contents_takes_each_headings_text_and_id():
+    from types import SimpleNamespace
+
+    from mkdocs.structure.toc import AnchorLink
+
+    from book import hooks
+
+    title, section = AnchorLink("A page", "a-page", 1), AnchorLink("2. , piece by piece", "2-piece-by-piece", 2)
+    title.children = [section]
+    page = SimpleNamespace(file=SimpleNamespace(src_path="notebooks/05_x.ipynb"), toc=[title])
+    html = ('<h1 id="a-page">A page<a class="anchor-link" href="#a-page">¶</a></h1>'
+            '<h2 id="2-main-piece-by-piece">2. <code>main()</code>, piece by piece<a class="anchor-link">¶</a></h2>')
+    assert hooks.on_page_content(html, page, None, None) == html
+    assert (section.title, section.id, section.url) == ("2. main(), piece by piece", "2-main-piece-by-piece",
+                                                        "#2-main-piece-by-piece")
