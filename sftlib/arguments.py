@@ -37,6 +37,7 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv=None) -> argparse.Namespace:
     """DeepSpeed-Chat's step-1 arguments, with their defaults, plus DeepSpeed's own."""
     import deepspeed
+    from deepspeed.constants import default_pg_timeout
 
     p = _Parser(description="Finetune a transformers model on a causal language modeling task")
     p.add_argument("--data_path", nargs="*", default=["Dahoas/rm-static"],
@@ -85,6 +86,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "both shuffled)")
     p.add_argument("--data_cache_timeout", type=float, default=7200.0,
                    help="seconds a rank waits for its node's local rank 0 to build the dataset cache")
+    p.add_argument("--dist_timeout", type=float, default=default_pg_timeout.total_seconds() / 60,
+                   help="minutes a rank may wait in one collective (e.g. a barrier while rank 0 saves the model) "
+                        "before the process group's watchdog ends the job; default DeepSpeed's (10, or its "
+                        "DEEPSPEED_TIMEOUT variable)")
     p.add_argument("--reshuffle_each_epoch", action="store_true",
                    help="call sampler.set_epoch so each epoch sees a new order (the original repeats one order)")
     p.add_argument("--save_steps", type=int, default=0, help="write a DeepSpeed checkpoint every N optimizer steps")
@@ -128,9 +133,10 @@ RANGES = [
     ("save_steps", 0, None, "0 (no checkpoints) or a positive number of optimizer steps"),
     ("save_total_limit", 1, None, "at least 1"),
     ("data_cache_timeout", 0.0, None, "a positive number of seconds"),
+    ("dist_timeout", 0.0, 7 * 24 * 60, "a positive number of minutes, at most 10080 (a week)"),
     ("local_rank", -1, None, "-1 or more (the launcher sets it)"),
 ]
-STRICT = {"learning_rate", "lora_learning_rate", "data_cache_timeout", "dropout"}  # open bounds: lr > 0, dropout < 1
+STRICT = {"learning_rate", "lora_learning_rate", "data_cache_timeout", "dist_timeout", "dropout"}  # lr > 0, dropout < 1
 
 
 def validate_args(args) -> None:
@@ -163,6 +169,10 @@ def check_combinations(args) -> None:
     if args.dtype == "fp16" and accelerator_name() == "cpu":
         raise SFTError("--dtype fp16 does not exist on a CPU (DeepSpeed refuses it); "
                        "use --dtype fp32 (bf16 works but is ~13x slower on AVX2 CPUs)")
+    if args.offload and args.zero_stage == 0:
+        raise SFTError("--offload moves ZeRO's optimizer to the CPU (DeepSpeedCPUAdam), and --zero_stage 0 has no ZeRO "
+                       "optimizer: the parameters stay on the accelerator, where CPU Adam refuses them at the first "
+                       "step; pass --zero_stage 1, 2 or 3 with --offload")
     if getattr(args, "deepspeed_config", None):
         raise SFTError("--deepspeed_config is not read: like DeepSpeed-Chat, sftlib builds the DeepSpeed config from "
                        "its own flags (train_batch_size = per_device_train_batch_size x gradient_accumulation_steps "

@@ -1,4 +1,12 @@
-"""What several test modules share: the repository root, the launcher, and a clean subprocess."""
+"""What several test modules share: the repository root, the launcher, and a clean subprocess.
+
+The suite is a CPU suite, on a GPU host too: every job a test launches gets ``CPU_ONLY`` in its
+environment. ``DS_ACCELERATOR=cpu`` is what decides (``sftlib.dist.accelerator_name`` and DeepSpeed's
+``get_accelerator`` both read it first), so fp16 is refused with the CPU's message, ranks use gloo and
+a second rank never asks for ``cuda:1`` on a one-GPU host. ``CUDA_VISIBLE_DEVICES=""`` also hides the
+GPUs from torch where the launcher leaves it alone (torchrun, plain python; DeepSpeed's launcher sets
+it again for its ranks, which ``DS_ACCELERATOR`` keeps on the CPU anyway).
+"""
 
 import os
 import subprocess
@@ -9,10 +17,17 @@ from sftlib.dist import launcher_free_env
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEEPSPEED = os.path.join(os.path.dirname(sys.executable), "deepspeed")  # the launcher of this environment
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+CPU_ONLY = {"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def run_cli(args, env_extra=None, timeout=600):
+def cpu_env(extra: dict | None = None) -> dict:
+    """``launcher_free_env`` (no rank variables of this process, one thread) on the CPU, plus ``extra``."""
+    return launcher_free_env({**CPU_ONLY, **(extra or {})})
+
+
+def run_cli(args, env_extra=None, timeout=600, cpu=True):
     """Run a command with this environment's python, outside any process group this test joined
-    (an in-process ``sftlib.train.main`` sets RANK, MASTER_PORT, ...); returns the CompletedProcess."""
-    return subprocess.run(args, capture_output=True, text=True, env=launcher_free_env(env_extra),
-                          timeout=timeout, cwd=ROOT)
+    (an in-process ``sftlib.train.main`` sets RANK, MASTER_PORT, ...), on the CPU unless ``cpu=False``;
+    returns the CompletedProcess."""
+    env = cpu_env(env_extra) if cpu else launcher_free_env(env_extra)
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)

@@ -2,7 +2,8 @@
 
 LOCAL_RANK is 0 on both, so each node's local rank 0 builds its dataset cache: into a node-local
 relative ``--data_output_path`` (one build per node), or once into a folder both nodes share (the
-other node's builder finds it complete). Global rank 0 alone writes the one saved model."""
+other node's builder finds it complete). Global rank 0 alone writes the one saved model. Both "nodes"
+are CPU nodes, on a GPU host too (``tests.helpers.cpu_env``): two ranks on one GPU is what NCCL refuses."""
 
 import os
 import subprocess
@@ -10,8 +11,8 @@ import sys
 
 import pytest
 
-from sftlib.dist import free_port, launcher_free_env
-from tests.helpers import ROOT
+from sftlib.dist import free_port
+from tests.helpers import ROOT, cpu_env
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 
@@ -28,7 +29,7 @@ def launch(world, tmp_path, cache, *extra, data=None):
                "--max_seq_len", "48", "--per_device_train_batch_size", "48", "--per_device_eval_batch_size", "64",
                "--num_train_epochs", "1", "--dtype", "fp32", "--data_output_path", cache,
                "--output_dir", str(tmp_path / "model"), *extra]
-        procs.append(subprocess.Popen(cmd, cwd=cwd, env=launcher_free_env({"PYTHONPATH": ROOT}), text=True,
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=cpu_env({"PYTHONPATH": ROOT}), text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     logs = [p.communicate(timeout=600)[0] for p in procs]
     return [p.returncode for p in procs], logs
@@ -90,3 +91,24 @@ def test_a_bad_file_on_one_node_is_reported_once_by_that_rank(world, tmp_path):
     assert ours == [[], ["error: [rank 1] data/train.json:3: byte 0xff at column 13 is not UTF-8; "
                          "save the file as UTF-8"]]
     assert not (tmp_path / "model").exists() and not (tmp_path / "node0" / "cache").exists()
+
+
+def test_both_nodes_are_launched_on_the_cpu(world, tmp_path, monkeypatch):
+    """What ``launch`` starts, without starting it: one torchrun per node, both on the CPU (on a GPU
+    host both would otherwise take cuda:0)."""
+    launched = []
+
+    class Recorder:
+        returncode = 0
+
+        def __init__(self, cmd, env=None, **kwargs):
+            launched.append((cmd, env))
+
+        def communicate(self, timeout=None):
+            return "", None
+
+    monkeypatch.setattr(subprocess, "Popen", Recorder)
+    assert launch(world, tmp_path, "cache")[0] == [0, 0]
+    assert [cmd[cmd.index("--node_rank") + 1] for cmd, _ in launched] == ["0", "1"]
+    assert all(env["DS_ACCELERATOR"] == "cpu" and env["CUDA_VISIBLE_DEVICES"] == "" for _, env in launched)
+    assert all(cmd[cmd.index("--dtype") + 1] == "fp32" for cmd, _ in launched)

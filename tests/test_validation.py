@@ -1,8 +1,9 @@
 """sftlib.arguments: every bad input is refused before any work, in one line, exit 2, nothing written.
 
 Each case runs ``python -m sftlib.train`` in-process through ``sftlib.cli.run`` (the same code path
-as the command line, without a new interpreter per case). ``python -m tests.test_validation`` prints
-the table of inputs and errors."""
+as the command line, without a new interpreter per case), on the CPU accelerator on any host (the
+fp16 case expects the CPU's refusal). ``python -m tests.test_validation`` prints the table of inputs
+and errors."""
 
 import json
 import shutil
@@ -10,7 +11,14 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_cli
+
+
+@pytest.fixture(autouse=True)
+def on_the_cpu(monkeypatch):
+    """These cases assume a CPU: DeepSpeed's own override makes sftlib (and DeepSpeed, when it detects
+    afresh) pick it on a GPU host too."""
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
 
 
 def bad_data(world, tmp, kind):
@@ -87,6 +95,10 @@ CASES = [
     ("save_total_limit 0", {"--save_steps": "5", "--save_total_limit": "0"}, "--save_total_limit must be at least 1"),
     ("limit without saves", {"--save_total_limit": "2"}, "pass --save_steps N too"),
     ("cache timeout 0", {"--data_cache_timeout": "0"}, "--data_cache_timeout must be a positive number"),
+    ("dist timeout 0", {"--dist_timeout": "0"}, "--dist_timeout must be a positive number of minutes"),
+    ("dist timeout past a week", {"--dist_timeout": "20000"}, "--dist_timeout must be a positive number of minutes, "
+                                                             "at most 10080"),
+    ("offload without ZeRO", {"--offload": ""}, "--zero_stage 0 has no ZeRO optimizer"),
     ("unknown scheduler", {"--lr_scheduler_type": "triangle"}, "argument --lr_scheduler_type: invalid choice"),
     ("unknown flag", {"--learning-rate": "1e-3"}, "unrecognized arguments: --learning-rate"),
     ("packing + dynamic padding", {"--packing": "mask", "--dynamic_padding": ""}, "exclude each other"),
@@ -146,6 +158,52 @@ def test_bad_input_is_refused_in_one_line_before_any_work(world, tmp_path, capsy
     assert message in err, err
 
 
+@pytest.mark.parametrize("stage", ["1", "2", "3"])
+def test_offload_with_a_zero_optimizer_is_accepted(world, tmp_path, stage):
+    """ZeRO stages 1 and 2 (stage_1_and_2.py, cpu_offload) and 3 (stage3.py) keep the optimizer's states on
+    the CPU: only stage 0 is refused."""
+    from sftlib.arguments import parse_args, validate_args
+
+    validate_args(parse_args(argv_for(world, tmp_path, {"--offload": "", "--zero_stage": stage})))
+
+
+def test_dist_timeout_defaults_to_deepspeeds_and_makes_a_timedelta(world, tmp_path, monkeypatch):
+    from datetime import timedelta
+
+    from deepspeed.constants import default_pg_timeout
+
+    from sftlib.arguments import parse_args
+
+    args = parse_args(argv_for(world, tmp_path, {}))
+    assert timedelta(minutes=args.dist_timeout) == default_pg_timeout
+    if "DEEPSPEED_TIMEOUT" not in __import__("os").environ:
+        assert args.dist_timeout == 10
+    assert parse_args(argv_for(world, tmp_path, {"--dist_timeout": "45"})).dist_timeout == 45
+
+
+def test_on_a_simulated_gpu_host_the_cases_still_see_a_cpu(world, tmp_path, capsys, monkeypatch):
+    """CUDA reported available (a GPU host): the fp16 case still gets the CPU's refusal, in this process
+    (the fixture) and from the real command line (run_cli's environment)."""
+    import torch
+
+    from sftlib.arguments import check_combinations, parse_args
+
+    args = parse_args(argv_for(world, tmp_path, {"--dtype": "fp16"}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with monkeypatch.context() as host:  # the simulation is real: left alone, the host's CUDA accepts fp16
+        host.delenv("DS_ACCELERATOR")
+        check_combinations(args)
+    with pytest.raises(Exception, match="--dtype fp16 does not exist on a CPU"):
+        check_combinations(args)
+    code, err = refuse(world, tmp_path, {"--dtype": "fp16"}, capsys)
+    assert code == 2 and err == err.strip() and err.startswith("error: --dtype fp16 does not exist on a CPU"), err
+    fake_gpu = ("import runpy, sys, torch; torch.cuda.is_available = lambda: True; "
+                "sys.argv[0] = 'sftlib.train'; runpy.run_module('sftlib.train', run_name='__main__')")
+    proc = run_cli([sys.executable, "-c", fake_gpu, *argv_for(world, tmp_path, {"--dtype": "fp16"})])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --dtype fp16 does not exist on a CPU")
+
+
 if __name__ == "__main__":  # the table: input, one-line error
     import os
     import tempfile
@@ -153,6 +211,7 @@ if __name__ == "__main__":  # the table: input, one-line error
 
     sys.path.insert(0, ROOT)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["DS_ACCELERATOR"] = "cpu"  # as the tests: the fp16 row shows the CPU's refusal
 
     class Capture:
         def readouterr(self):
