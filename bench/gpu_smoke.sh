@@ -1,54 +1,136 @@
 #!/usr/bin/env bash
-# GPU smoke test: every path a GPU run takes, on one GPU with NCCL, in at most ~8 minutes, no hub access.
+# GPU smoke test: every path a GPU run takes, on one GPU with NCCL, in about 8 minutes, no hub access.
 #
-#   bench/gpu_smoke.sh              # run it (a CUDA GPU; the deepspeed launcher; the toy world is built offline)
+#   bench/gpu_smoke.sh              # run it, from a fresh clone too (make gpu-smoke runs this)
 #   bench/gpu_smoke.sh --dry-run    # print the commands only (tests/test_bench.py checks them in make test)
 #
-# Rows: fp16 ZeRO-0; bf16 ZeRO-2; bf16 ZeRO-3 + LoRA + gradient checkpointing; padding-free packing
-# (sdpa, and FlashAttention when flash_attn is installed); SIGKILL mid-run + resume compared with the
-# uninterrupted fp16 run; prompt_eval on the GPU in bf16; notebook 06's hybrid-engine demo. Models:
-# ~125M parameters built from OPT-125m's (and a same-size Llama's) configuration with the toy tokenizer.
-# Prints one table: samples/s, TFLOPs per device, MFU against PEAK_TFLOPS (H200/H100 bf16 dense: 989),
-# peak GPU memory (nvidia-smi, sampled), pass/fail. Environment: PY, DEEPSPEED, SMOKE_OUT, PEAK_TFLOPS,
-# STEP_TIMEOUT (seconds per row, default 240), SMOKE_BUDGET (seconds in all, default 480).
+# 1. Environment. With PY unset (and no active virtualenv/conda env) it uses .venv, creating it when missing
+#    (python3.11 -m venv .venv; pip install -e .; a few minutes, once; log in outputs/gpu_smoke_install.log).
+#    pip takes torch==2.13.0 from PyPI, whose Linux x86_64 wheel is the CUDA build (its CUDA runtime comes
+#    as nvidia-* wheels: no CUDA toolkit needed to train). Where pip is configured for a CPU-only index (as
+#    the CPU machines that build the tutorial are), the preflight stops and names the command that installs
+#    the CUDA build. Offline: point pip at a wheel folder (PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels).
+# 2. Preflight (one line and exit 2 when it cannot run): nvidia-smi, torch.cuda.is_available(), the GPU and
+#    its compute capability (below sm_80, e.g. a T4, the bf16 rows are skipped with that reason), and
+#    whether nvcc is there (DeepSpeed JIT-builds FusedAdam and the hybrid engine's kernels with it).
+# 3. Rows, each isolated: its own log, a time limit, its exit status recorded; a failing row stops nothing.
+#    fp16 ZeRO-0; bf16 ZeRO-2; bf16 ZeRO-3 + LoRA + gradient checkpointing; padding-free packing (sdpa, and
+#    FlashAttention when flash_attn is installed); SIGKILL mid-run + resume compared with the uninterrupted
+#    fp16 run (per-step losses, and weights relative to how far training moved them); prompt_eval on the
+#    GPU in bf16; notebook 06's hybrid-engine demo. Models: ~125M parameters from OPT-125m's (and a
+#    same-size Llama's) configuration with the toy tokenizer.
+# 4. One table: samples/s, TFLOPs per device, MFU against PEAK_TFLOPS (H200/H100 bf16 dense: 989), peak
+#    GPU memory (nvidia-smi, sampled), result. Exit status 0 when no row failed or ran out of time.
+#
+# Time: SMOKE_BUDGET seconds (default 480) from the end of the preflight to the table; each row has its own
+# limit (below; STEP_TIMEOUT overrides them all) and never runs past the budget; rows that would start with
+# under 20 s left are SKIPPED (time budget), which counts as a failure. Environment: PY, PYTHON (the python
+# that creates .venv), DEEPSPEED, SMOKE_OUT, PEAK_TFLOPS, STEP_TIMEOUT, SMOKE_BUDGET.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DRY=0
 [[ "${1:-}" == "--dry-run" ]] && DRY=1
-PY=${PY:-.venv/bin/python}
-DEEPSPEED=${DEEPSPEED:-.venv/bin/deepspeed}
 OUT=${SMOKE_OUT:-outputs/gpu_smoke}
 PEAK=${PEAK_TFLOPS:-989}
-LIMIT=${STEP_TIMEOUT:-240}
-BUDGET=${SMOKE_BUDGET:-480}  # seconds for the whole script; rows that would start later are skipped
+BUDGET=${SMOKE_BUDGET:-480}
 ROWS=0
+BF16=1
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 DATA=(--data_path toy_world/data --data_split 10,0,0 --data_output_path "$OUT/cache")
 TRAIN=(--num_train_epochs 1 --learning_rate 1e-4 --deepspeed_log_level info)
+# Each row's limit in seconds: the first training row includes DeepSpeed's JIT build of FusedAdam.
+declare -A LIMITS=([fp16_zero0]=150 [bf16_zero2]=75 [bf16_zero3_lora_gc]=90 [packing_padding_free_sdpa]=75
+                   [packing_flatten_flash_attention]=75 [killed]=75 [killed_before_final_save]=5 [resume]=75
+                   [resume_equals_uninterrupted]=60 [prompt_eval_gpu]=60 [hybrid_engine]=150)
 
 say() { printf '%s\n' "$*"; }
 
-# row NAME CMD...: run CMD (under timeout, GPU memory sampled), record its exit status for the table.
+# -------------------------------------------------------------------------------------------- environment
+make_venv() {
+    local base=${PYTHON:-}
+    if [[ -z "$base" ]]; then
+        for c in python3.11 python3; do command -v "$c" > /dev/null && { base=$c; break; }; done
+    fi
+    [[ -n "$base" ]] || { say "error: no python3.11 to create .venv with; set PYTHON=/path/to/python3.11"; exit 2; }
+    mkdir -p outputs
+    local log=outputs/gpu_smoke_install.log
+    say "creating .venv with $base and installing this project into it (torch's CUDA build from PyPI; once) ..."
+    if ! { "$base" -m venv .venv && .venv/bin/python -m pip install --upgrade pip \
+           && .venv/bin/python -m pip install -e .; } > "$log" 2>&1; then
+        rm -rf .venv  # made just now: a rerun starts again rather than use half an environment
+        say "error: installing the project failed ($(grep -m1 -iE 'error' "$log" | cut -c1-160); full log: $log;" \
+            "it needs Python 3.11: set PYTHON=python3.11)"
+        exit 2
+    fi
+}
+
+if [[ -z "${PY:-}" ]]; then
+    if [[ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ]]; then
+        PY=python  # an active environment is used as it is (as the Makefile does)
+    else
+        PY=.venv/bin/python
+        (( DRY )) || [[ -x "$PY" ]] || make_venv
+    fi
+fi
+if [[ -z "${DEEPSPEED:-}" ]]; then
+    if [[ "$PY" == */* ]]; then DEEPSPEED="${PY%/*}/deepspeed"
+    else DEEPSPEED="$(dirname "$(command -v "$PY" || echo "./$PY")")/deepspeed"; fi
+fi
+
+# -------------------------------------------------------------------------------------------- preflight
+if (( ! DRY )); then
+    command -v nvidia-smi > /dev/null || { say "error: no nvidia-smi: this script needs a CUDA GPU (try --dry-run)"; exit 2; }
+    rm -rf "$OUT"; mkdir -p "$OUT"
+    "$PY" bench/gpu_smoke_tools.py preflight | tee "$OUT/preflight.txt"
+    (( PIPESTATUS[0] == 0 )) || exit 2
+    grep -q '^bf16: yes' "$OUT/preflight.txt" || BF16=0
+    SECONDS=0  # the time budget starts here: creating the environment is a one-off
+    "$PY" -m sftlib.lessons.toy --models opt llama > "$OUT/setup.log" 2>&1 \
+        && "$PY" bench/gpu_smoke_tools.py models "$OUT/models" >> "$OUT/setup.log" 2>&1 \
+        || { say "error: building the toy world or the ~125M models failed (see $OUT/setup.log: $(tail -n 1 "$OUT/setup.log"))"; exit 1; }
+else
+    say "$PY bench/gpu_smoke_tools.py preflight"
+    say "$PY -m sftlib.lessons.toy --models opt llama"
+    say "$PY bench/gpu_smoke_tools.py models $OUT/models"
+fi
+
+# -------------------------------------------------------------------------------------------- rows
+record() {  # record NAME RC [SKIP_REASON]: the row's line for the table
+    local reason=${3:-}
+    printf '{"n": %d, "name": "%s", "rc": %d, "log": "%s", "mem": "%s", "skip": %s}\n' $((++ROWS)) "$1" "$2" \
+        "$OUT/$1.log" "$OUT/$1.mem" "$( [[ -n "$reason" ]] && printf '"%s"' "$reason" || printf null)" \
+        > "$OUT/$1.row.json"
+}
+
+limit_for() {  # limit_for NAME: this row's limit, never past the budget (0: no time left for it)
+    local limit=${STEP_TIMEOUT:-${LIMITS[$1]:-60}} left=$(( BUDGET - SECONDS ))
+    (( left < 20 )) && { echo 0; return; }
+    (( limit > left )) && limit=$left
+    echo "$limit"
+}
+
+# row NAME CMD...: run CMD under its limit (GPU memory sampled), record its exit status for the table.
 row() {
     local name=$1; shift
     if (( DRY )); then say "$*"; return 0; fi
-    local log="$OUT/$name.log" mem="$OUT/$name.mem"
+    local log="$OUT/$name.log" mem="$OUT/$name.mem" limit
     : > "$mem"
-    if (( SECONDS > BUDGET )); then  # past the whole script's time budget: skip what is left, say so
-        printf '{"n": %d, "name": "%s", "rc": 125, "log": "%s", "mem": "%s"}\n' $((++ROWS)) "$name" "$log" "$mem" \
-            > "$OUT/$name.row.json"
-        say "$name: skipped (over the ${BUDGET}s budget)"; return 0
-    fi
+    limit=$(limit_for "$name")
+    if (( limit == 0 )); then record "$name" 125; say "$name: skipped (over the ${BUDGET}s budget)"; return 0; fi
     ( while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 >> "$mem" 2>/dev/null
                   sleep 0.5; done ) &
     local sampler=$!
-    timeout --kill-after=15 "$LIMIT" "$@" > "$log" 2>&1  # TERM first: the launcher passes it to its ranks
+    timeout --kill-after=10 "$limit" "$@" > "$log" 2>&1  # TERM first: the launcher passes it to its ranks
     local rc=$?
     kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
-    printf '{"n": %d, "name": "%s", "rc": %d, "log": "%s", "mem": "%s"}\n' $((++ROWS)) "$name" "$rc" "$log" "$mem" \
-        > "$OUT/$name.row.json"
+    record "$name" "$rc"
     say "$name: rc $rc ($(tail -n 1 "$log" | cut -c1-120))"
+}
+
+skip() {  # skip NAME REASON: a row this GPU cannot run, with the reason in the table (not a failure)
+    if (( DRY )); then return 0; fi
+    record "$1" 0 "$2"; say "$1: skipped ($2)"
 }
 
 train() {  # train PORT ARGS...: one rank on GPU 0 through the deepspeed launcher, NCCL
@@ -62,42 +144,40 @@ run_train() {  # run_train NAME PORT ARGS...
     row "$name" "${cmd[@]}"
 }
 
-if (( ! DRY )); then
-    command -v nvidia-smi > /dev/null || { say "error: no nvidia-smi: this script needs a CUDA GPU (try --dry-run)"; exit 2; }
-    rm -rf "$OUT"; mkdir -p "$OUT"
-    "$PY" -m sftlib.lessons.toy --models opt llama > /dev/null
-    "$PY" bench/gpu_smoke_tools.py models "$OUT/models" || exit 1
-fi
+bf16_row() {  # bf16_row NAME PORT ARGS...: run_train, or skip on a GPU without bf16
+    if (( BF16 )); then run_train "$@"; else skip "$1" "bf16 needs compute capability 8.0+ (see the preflight)"; fi
+}
+
 OPT="$OUT/models/opt-125m"
 LLAMA="$OUT/models/llama-125m"
 COMMON=(--max_seq_len 512 --per_device_train_batch_size 16)
 
 run_train fp16_zero0 29601 --model_name_or_path "$OPT" "${COMMON[@]}" --dtype fp16 --zero_stage 0 \
     --dynamic_padding --save_steps 8 --output_dir "$OUT/fp16_zero0"
-run_train bf16_zero2 29602 --model_name_or_path "$OPT" "${COMMON[@]}" --dtype bf16 --zero_stage 2 \
+bf16_row bf16_zero2 29602 --model_name_or_path "$OPT" "${COMMON[@]}" --dtype bf16 --zero_stage 2 \
     --dynamic_padding --output_dir "$OUT/bf16_zero2"
-run_train bf16_zero3_lora_gc 29603 --model_name_or_path "$OPT" "${COMMON[@]}" --dtype bf16 --zero_stage 3 \
+bf16_row bf16_zero3_lora_gc 29603 --model_name_or_path "$OPT" "${COMMON[@]}" --dtype bf16 --zero_stage 3 \
     --lora_dim 64 --lora_module_name decoder.layers. --only_optimize_lora --gradient_checkpointing \
     --dynamic_padding --output_dir "$OUT/bf16_zero3_lora_gc"
-run_train packing_padding_free_sdpa 29604 --model_name_or_path "$LLAMA" --max_seq_len 2048 \
+bf16_row packing_padding_free_sdpa 29604 --model_name_or_path "$LLAMA" --max_seq_len 2048 \
     --per_device_train_batch_size 2 --dtype bf16 --zero_stage 0 --packing padding_free \
     --output_dir "$OUT/packing_padding_free_sdpa"
 if (( DRY )) || [[ -d "$OUT/models/llama-125m-fa" ]]; then
-    run_train packing_flatten_flash_attention 29605 --model_name_or_path "$OUT/models/llama-125m-fa" \
+    bf16_row packing_flatten_flash_attention 29605 --model_name_or_path "$OUT/models/llama-125m-fa" \
         --max_seq_len 2048 --per_device_train_batch_size 2 --dtype bf16 --zero_stage 0 --packing auto \
         --output_dir "$OUT/packing_flash"
 fi
 
 # Kill-and-resume: the fp16 ZeRO-0 run again, SIGKILLed once its step-8 checkpoint is complete, then resumed;
-# its final weights must match the uninterrupted fp16_zero0 run's.
+# its per-step losses and final weights must match the uninterrupted fp16_zero0 run's (compare's checks).
 mapfile -t KILLED < <(train 29606 --model_name_or_path "$OPT" "${COMMON[@]}" --dtype fp16 --zero_stage 0 \
     --dynamic_padding --save_steps 8 --output_dir "$OUT/killed")
 if (( DRY )); then
     say "${KILLED[*]}"
-elif (( SECONDS <= BUDGET )); then
+elif (( $(limit_for killed) > 0 )); then
     setsid "${KILLED[@]}" > "$OUT/killed.log" 2>&1 &
     victim=$!
-    for _ in $(seq 1 $((LIMIT * 10))); do
+    for _ in $(seq 1 $(( $(limit_for killed) * 10 ))); do
         [[ -f "$OUT/killed_checkpoints/global_step8/sftlib_checkpoint.json" ]] && break
         kill -0 "$victim" 2>/dev/null || break
         sleep 0.1
@@ -108,16 +188,24 @@ row killed_before_final_save test -f "$OUT/killed_checkpoints/global_step8/sftli
     -a ! -e "$OUT/killed/model.safetensors"  # a complete step-8 checkpoint, and the kill before the final save
 run_train resume 29607 --model_name_or_path "$OPT" "${COMMON[@]}" --dtype fp16 --zero_stage 0 \
     --dynamic_padding --save_steps 8 --output_dir "$OUT/killed" --resume_from_checkpoint "$OUT/killed_checkpoints"
-row resume_equals_uninterrupted "$PY" bench/gpu_smoke_tools.py compare "$OUT/fp16_zero0" "$OUT/killed"
+row resume_equals_uninterrupted "$PY" bench/gpu_smoke_tools.py compare "$OUT/fp16_zero0" "$OUT/killed" \
+    --initial "$OPT" --log "$OUT/resume.log"
 
-row prompt_eval_gpu "$PY" -m sftlib.prompt_eval --model_name_or_path_baseline "$OPT" \
-    --model_name_or_path_finetune "$OUT/fp16_zero0" --dtype bf16 --max_new_tokens 16 \
-    --eval_file toy_world/data/eval.json
+if (( BF16 )); then
+    row prompt_eval_gpu "$PY" -m sftlib.prompt_eval --model_name_or_path_baseline "$OPT" \
+        --model_name_or_path_finetune "$OUT/fp16_zero0" --dtype bf16 --max_new_tokens 16 \
+        --eval_file toy_world/data/eval.json
+else
+    skip prompt_eval_gpu "bf16 needs compute capability 8.0+ (see the preflight)"
+fi
 row hybrid_engine "$PY" -m sftlib.lessons.hybrid_engine --model_name_or_path "$OPT" --dtype fp16
 
-if (( ! DRY )); then
+if (( DRY )); then
+    say "$PY bench/gpu_smoke_tools.py table $OUT $PEAK"
+else
     say ""
-    say "GPU smoke test, $(nvidia-smi --query-gpu=name --format=csv,noheader -i 0), $(date -u +%F), MFU vs $PEAK TFLOPs"
+    gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0 2>/dev/null | head -n 1)
+    say "GPU smoke test, ${gpu:-unknown GPU}, $(date -u +%F), ${SECONDS}s, MFU vs $PEAK TFLOPs"
     "$PY" bench/gpu_smoke_tools.py table "$OUT" "$PEAK" | tee "$OUT/table.md"
-    ! grep -qE "FAIL|SKIPPED" "$OUT/table.md"
+    (( PIPESTATUS[0] == 0 )) && ! grep -qE "FAIL|SKIPPED" "$OUT/table.md"
 fi

@@ -1,8 +1,11 @@
-"""Helpers of ``bench/gpu_smoke.sh``: build the ~125M models offline, compare a resumed run, print the table.
+"""Helpers of ``bench/gpu_smoke.sh``: check the GPU, build the ~125M models offline, compare a resumed
+run, print the table.
 
+    python bench/gpu_smoke_tools.py preflight           # torch's CUDA, the GPU, bf16 or not, nvcc or not
     python bench/gpu_smoke_tools.py models OUT          # OUT/opt-125m, OUT/llama-125m (+ OUT/llama-125m-fa)
-    python bench/gpu_smoke_tools.py compare REF GOT     # a resumed run's weights against the uninterrupted run's
-    python bench/gpu_smoke_tools.py table OUT           # one row per OUT/*.row.json (+ its log and memory trace)
+    python bench/gpu_smoke_tools.py compare REF GOT --initial INIT --log RESUME_LOG
+                                                        # a killed-and-resumed run against the uninterrupted one
+    python bench/gpu_smoke_tools.py table OUT [PEAK]    # one row per OUT/*.row.json (+ its log and memory trace)
 
 The models are OPT-125m's and a Llama of the same size's configurations with fresh weights and the
 toy tokenizer (no hub access); what a smoke test needs is the shapes and the code paths, not the
@@ -11,7 +14,12 @@ pretrained weights.
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +31,83 @@ OPT_125M = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 
             "dropout": 0.1, "attention_dropout": 0.0, "activation_function": "relu"}
 LLAMA_125M = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "num_key_value_heads": 12,
               "intermediate_size": 2048, "max_position_embeddings": 4096, "tie_word_embeddings": True}
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores; a T4 (7.5) or V100 (7.0) has none
+WEIGHT_RTOL = 0.05  # |resumed - uninterrupted| at most 5% of |uninterrupted - initial| (L2, all weights)
+TENSOR_RTOL = 0.3  # and at most 30% for any one tensor (one tensor left unrestored is ~50%)
+LOSS_RTOL = 0.01  # each step's loss within 1% of the uninterrupted run's
 
+
+# ---------------------------------------------------------------------------------------------- preflight
+
+def gpu_facts() -> dict:
+    """What this machine offers a GPU run: torch's build, the first GPU, nvcc."""
+    import torch
+
+    facts = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "available": torch.cuda.is_available(),
+             "name": None, "capability": None, "nvcc": None, "nvcc_release": None}
+    if facts["available"]:
+        facts["name"] = torch.cuda.get_device_name(0)
+        facts["capability"] = tuple(torch.cuda.get_device_capability(0))
+    try:
+        from torch.utils.cpp_extension import CUDA_HOME
+    except Exception:  # a CPU build may not find one; nvcc on PATH is enough
+        CUDA_HOME = None
+    nvcc = shutil.which("nvcc") or (CUDA_HOME and shutil.which(str(Path(CUDA_HOME) / "bin" / "nvcc")))
+    if nvcc:
+        facts["nvcc"] = nvcc
+        try:
+            text = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30).stdout
+            found = re.search(r"release (\d+\.\d+)", text)
+            facts["nvcc_release"] = found.group(1) if found else None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return facts
+
+
+def preflight_lines(facts: dict, python: str = ".venv/bin/python") -> tuple[list[str], int]:
+    """The lines preflight prints and its exit status: 2 (one ``error:`` line) without a usable GPU.
+
+    ``bf16: yes`` / ``bf16: no (...)`` is the line gpu_smoke.sh reads to run or skip the bf16 rows."""
+    torch_text = f"torch {facts['torch']}" + (f" (CUDA {facts['torch_cuda']})" if facts["torch_cuda"] else "")
+    if not facts["torch_cuda"]:
+        base = facts["torch"].split("+")[0]
+        return [f"error: {torch_text} is a CPU build; install PyPI's CUDA build (Linux x86_64 wheels are CUDA "
+                f"builds): {python} -m pip install --force-reinstall torch=={base} "
+                f"--index-url https://pypi.org/simple"], 2
+    if not facts["available"]:
+        return [f"error: {torch_text} sees no GPU (torch.cuda.is_available() is False); check nvidia-smi, the driver "
+                "and CUDA_VISIBLE_DEVICES"], 2
+    major, minor = facts["capability"]
+    lines = [f"GPU 0: {facts['name']}, compute capability {major}.{minor} (sm_{major}{minor}); {torch_text}"]
+    if (major, minor) >= BF16_MIN_CAPABILITY:
+        lines.append("bf16: yes")
+    else:
+        lines.append(f"bf16: no (sm_{major}{minor} is below sm_80, no bf16 tensor cores: the bf16 rows are skipped)")
+    if facts["nvcc"]:
+        release = facts["nvcc_release"] or "unknown release"
+        note = ""
+        if facts["nvcc_release"] and facts["nvcc_release"].split(".")[0] != str(facts["torch_cuda"]).split(".")[0]:
+            note = (f" (torch's CUDA is {facts['torch_cuda']}: DeepSpeed refuses to JIT-build its ops with another "
+                    "major version)")
+        lines.append(f"nvcc: {facts['nvcc']}, release {release}{note}")
+    else:
+        lines.append("nvcc: not found (DeepSpeed JIT-builds FusedAdam and the hybrid engine's kernels with it; "
+                     "rows that need them fail or fall back)")
+    return lines, 0
+
+
+def preflight() -> int:
+    try:
+        facts = gpu_facts()
+    except ImportError as err:
+        print(f"error: {sys.executable} cannot import torch ({err}); install the project: pip install -e .")
+        return 2
+    lines, status = preflight_lines(facts, python=sys.executable or "python")
+    print("\n".join(lines))
+    return status
+
+
+# ---------------------------------------------------------------------------------------------- models
 
 def make_models(out: str) -> None:
     import torch
@@ -55,16 +139,115 @@ def make_models(out: str) -> None:
         print(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters -> {Path(out) / name}")
 
 
-def compare(ref: str, got: str, atol: float = 1e-2) -> int:
-    """0 when the resumed run's final weights match the uninterrupted run's (GPU kernels are not bitwise
-    deterministic, so within ``atol``); prints the largest difference either way."""
+# ---------------------------------------------------------------------------------------------- compare
+
+def _weights(folder) -> dict:
     from safetensors.torch import load_file
 
-    a, b = load_file(str(Path(ref) / "model.safetensors")), load_file(str(Path(got) / "model.safetensors"))
-    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-    ok = a.keys() == b.keys() and worst <= atol
-    print(f"resume vs uninterrupted: largest weight difference {worst:.3g} ({'PASS' if ok else 'FAIL'}, atol {atol})")
-    return 0 if ok else 1
+    out = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(str(path)))
+    if not out:
+        raise FileNotFoundError(f"{folder}: no *.safetensors")
+    return out
+
+
+def _history(folder) -> dict:
+    return json.loads((Path(folder) / "training_history.json").read_text())
+
+
+def compare_checks(ref: str, got: str, initial: str, log: str | None, weight_rtol: float = WEIGHT_RTOL,
+                   tensor_rtol: float = TENSOR_RTOL, loss_rtol: float = LOSS_RTOL) -> list[tuple[bool, str]]:
+    """Each check of a resumed run (``got``) against the uninterrupted one (``ref``), as (passed, line).
+
+    GPU kernels are not bitwise deterministic, so the weights are compared relative to how far training
+    moved them from ``initial``: a resume that restored nothing (the initial weights, or training from the
+    start again after the checkpoint) is about as far from ``ref`` as ``ref`` is from ``initial``."""
+    checks = []
+    a, b, init = _weights(ref), _weights(got), _weights(initial)
+    if a.keys() != b.keys():
+        return [(False, f"weights: the tensor names differ ({sorted(a.keys() ^ b.keys())[:3]} ...)")]
+    common = [k for k in a if k in init and init[k].shape == a[k].shape]
+    if not common:
+        return [(False, "weights: no tensor of the initial model matches the trained ones by name and shape")]
+    moved2 = diff2 = 0.0
+    worst = (0.0, "")
+    for k in common:
+        ref_k, got_k, init_k = a[k].double(), b[k].double(), init[k].double()
+        moved, diff = (ref_k - init_k).norm().item(), (got_k - ref_k).norm().item()
+        moved2, diff2 = moved2 + moved**2, diff2 + diff**2
+        ratio = diff / moved if moved > 0 else (0.0 if diff == 0 else math.inf)
+        worst = max(worst, (ratio, k))
+    moved, diff = math.sqrt(moved2), math.sqrt(diff2)
+    ratio = diff / moved if moved > 0 else math.inf
+    checks.append((moved > 0 and ratio <= weight_rtol,
+                   f"weights: |resumed - uninterrupted| = {ratio:.2%} of |uninterrupted - initial| "
+                   f"(at most {weight_rtol:.0%}; {len(common)} tensors, training moved them by {moved:.3g})"))
+    checks.append((worst[0] <= tensor_rtol,
+                   f"weights: the furthest tensor, {worst[1]}, is off by {worst[0]:.2%} of its movement "
+                   f"(at most {tensor_rtol:.0%})"))
+    h_ref, h_got = _history(ref), _history(got)
+    same_steps = h_ref["step"] == h_got["step"] and len(h_ref["loss"]) == len(h_got["loss"])
+    if not same_steps:
+        counts = f"{len(h_ref['step'])} vs {len(h_got['step'])}"
+        checks.append((False, f"losses: the runs logged different steps ({counts})"))
+    else:
+        off = [(s, x, y) for s, x, y in zip(h_ref["step"], h_ref["loss"], h_got["loss"])
+               if not abs(y - x) <= loss_rtol * abs(x)]
+        worst_step = off[0] if off else None
+        checks.append((not off and len(h_ref["step"]) > 0,
+                       f"losses: {len(h_ref['step']) - len(off)} of {len(h_ref['step'])} steps within {loss_rtol:.0%}"
+                       + (f"; step {worst_step[0]}: {worst_step[2]:.4f} vs {worst_step[1]:.4f}" if off else "")))
+    if log is not None:
+        from sftlib.logs import parse_log
+
+        text = Path(log).read_text(errors="replace") if Path(log).exists() else ""
+        steps = [int(s) for s in parse_log(text).query("kind == 'sft_step'")["step"].dropna()]
+        resumed = "resumed from" in text
+        tail_ok = bool(steps) and steps[0] > 1 and steps == h_got["step"][-len(steps):] and same_steps
+        checks.append((resumed and tail_ok,
+                       "resume: " + (f"the resumed process ran steps {steps[0]}-{steps[-1]} of {h_got['step'][-1]}"
+                                     if steps and h_got["step"] else "the resumed process logged no step")
+                       + ("" if resumed else "; its log has no 'resumed from' line (it started afresh)")
+                       + ("" if tail_ok or not steps else "; not the last steps of the run, after step 1")))
+    return checks
+
+
+def compare(ref: str, got: str, initial: str, log: str | None = None, **tolerances) -> int:
+    """0 when every check passes; prints one line per check either way."""
+    try:
+        checks = compare_checks(ref, got, initial, log, **tolerances)
+    except (OSError, KeyError, ValueError) as err:  # a missing folder or file: the resumed run did not finish
+        checks = [(False, f"cannot compare: {err}")]
+    for ok, line in checks:
+        print(f"{'PASS' if ok else 'FAIL'} {line}")
+    return 0 if all(ok for ok, _ in checks) else 1
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+def memory_mib(text: str) -> list[float]:
+    """The numbers in an nvidia-smi memory trace, one a line; anything else ("[N/A]", "[Not Supported]",
+    "No devices were found", a cut-off line) is skipped."""
+    values = []
+    for line in text.splitlines():
+        try:
+            value = float(line.strip().split(",")[0])
+        except ValueError:
+            continue
+        if math.isfinite(value) and value >= 0:
+            values.append(value)
+    return values
+
+
+def _read_row(path: Path) -> dict:
+    try:
+        row = json.loads(path.read_text())
+        return {"n": int(row.get("n", 0)), "name": str(row["name"]), "rc": int(row.get("rc", 1)),
+                "log": row.get("log", ""), "mem": row.get("mem", ""), "skip": row.get("skip")}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return {"n": 10**6, "name": path.name.removesuffix(".row.json"), "rc": 1, "log": "", "mem": "", "skip": None,
+                "broken": f"unreadable row record: {type(err).__name__}"}
 
 
 def table(out: str, peak_tflops: float) -> str:
@@ -72,33 +255,63 @@ def table(out: str, peak_tflops: float) -> str:
     from sftlib.logs import parse_log
 
     lines = ["| row | samples/s | TFLOPs | MFU | peak GPU memory GiB | result |", "|---|---|---|---|---|---|"]
-    for row in sorted((json.loads(p.read_text()) for p in Path(out).glob("*.row.json")), key=lambda r: r["n"]):
-        log = Path(row["log"]).read_text(errors="replace") if Path(row["log"]).exists() else ""
-        df = parse_log(log)
+    for row in sorted((_read_row(p) for p in Path(out).glob("*.row.json")), key=lambda r: (r["n"], r["name"])):
+        log = Path(row["log"]).read_text(errors="replace") if row["log"] and Path(row["log"]).is_file() else ""
+        df = parse_log(log + "\n")
         steps = df[df.kind == "sft_step"]
-        steps = steps.iloc[2:] if len(steps) > 4 else steps
-        rate = f"{steps['samples_per_s'].median():.1f}" if len(steps) else "-"
-        tf = steps["tflops"].median() if len(steps) else float("nan")
-        mem = Path(row["mem"]).read_text().split() if Path(row["mem"]).exists() else []
-        peak = f"{max(float(x) for x in mem) / 1024:.1f}" if mem else "-"
+        steps = steps.iloc[2:] if len(steps) > 4 else steps  # the first steps include warm-up and JIT builds
+        rates, tflops = steps["samples_per_s"].dropna(), steps["tflops"].dropna()
+        rate = f"{rates.median():.1f}" if len(rates) else "-"
+        tf = tflops.median() if len(tflops) else float("nan")
+        mem = memory_mib(Path(row["mem"]).read_text(errors="replace")) if row["mem"] and Path(row["mem"]).is_file() \
+            else []
+        peak = f"{max(mem) / 1024:.1f}" if mem else "-"
         tf_text, mfu = (f"{tf:.1f}", f"{100 * tf / peak_tflops:.1f}%") if tf == tf else ("-", "-")
-        result = {0: "PASS", 125: "SKIPPED (time budget)"}.get(row["rc"], f"FAIL (rc {row['rc']})")
+        if row.get("broken"):
+            result = f"FAIL ({row['broken']})"
+        elif row["skip"]:
+            result = f"skipped: {row['skip']}"
+        else:
+            result = {0: "PASS", 124: "FAIL (timed out)", 125: "SKIPPED (time budget)",
+                      137: "FAIL (killed after the time limit)"}.get(row["rc"], f"FAIL (rc {row['rc']})")
         lines.append(f"| {row['name']} | {rate} | {tf_text} | {mfu} | {peak} | {result} |")
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- command line
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/gpu_smoke_tools.py", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("preflight", help="torch's CUDA, the GPU, bf16 or not, nvcc or not; exit 2 without a GPU")
+    m = sub.add_parser("models", help="the ~125M models, fresh weights, toy tokenizer")
+    m.add_argument("out")
+    c = sub.add_parser("compare", help="a killed-and-resumed run against the uninterrupted one")
+    c.add_argument("ref", help="the uninterrupted run's output folder")
+    c.add_argument("got", help="the resumed run's output folder")
+    c.add_argument("--initial", required=True, help="the model folder both runs started from")
+    c.add_argument("--log", required=True, help="the resumed run's log (its 'resumed from' and step lines)")
+    c.add_argument("--weight_rtol", type=float, default=WEIGHT_RTOL)
+    c.add_argument("--tensor_rtol", type=float, default=TENSOR_RTOL)
+    c.add_argument("--loss_rtol", type=float, default=LOSS_RTOL)
+    t = sub.add_parser("table", help="one markdown row per OUT/*.row.json")
+    t.add_argument("out")
+    t.add_argument("peak_tflops", nargs="?", type=float, default=989.0)
+    return p.parse_args(argv)
+
+
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["models"]:
-        make_models(argv[1])
+    args = parse_args(argv)
+    if args.command == "preflight":
+        return preflight()
+    if args.command == "models":
+        make_models(args.out)
         return 0
-    if argv[:1] == ["compare"]:
-        return compare(argv[1], argv[2])
-    if argv[:1] == ["table"]:
-        print(table(argv[1], float(argv[2]) if len(argv) > 2 else 989.0))
-        return 0
-    print(__doc__)
-    return 2
+    if args.command == "compare":
+        return compare(args.ref, args.got, args.initial, args.log, weight_rtol=args.weight_rtol,
+                       tensor_rtol=args.tensor_rtol, loss_rtol=args.loss_rtol)
+    print(table(args.out, args.peak_tflops))
+    return 0
 
 
 if __name__ == "__main__":
