@@ -130,7 +130,8 @@ WHERE = ("**Where this runs.** Locally, in a clone of the repository: `make lab`
          "every cell runs on a CPU (this page is that run). Binder builds the repository from "
          "`environment.yml`; this is untested. Colab does not install it today: `pyproject.toml` "
          "requires Python 3.11 and Colab's runtime is Python 3.12 or newer, so the first code cell stops "
-         "there.")
+         "there. On a machine without a GPU, DeepSpeed announces once `[WARNING] ... Setting accelerator to "
+         "CPU`: expected here, not an error.")
 
 
 def launch_links(name: str, repo: str, branch: str) -> str:

@@ -121,3 +121,10 @@ def test_build_exits_non_zero_on_a_failing_executed_folder(tmp_path, capsys):
     assert f"output gate: {names[0]}: cell {index}: compiler: /usr/bin/ld: cannot find -laio" in err
     assert f"output gate: {names[0]}: cell {index}: repr: np.float64(0.25)" in err
     assert not (book / "site").exists() and not (book / "src").exists()
+
+
+def test_deepspeed_chats_default_data_path_is_a_value_not_a_machine_path():
+    assert rules(stream("--data_output_path  /tmp/data_files/  (default)\n")) == []
+    assert rules(result({"text/plain": "['/tmp/data_files/', 'x']"})) == []
+    assert rules(stream("cache in /tmp/data_files/nb05_x/cache\n")) == ["path"]  # a folder inside it is this machine's
+    assert rules(stream("cache in /tmp/nb05_x/data_files/\n")) == ["path"]
