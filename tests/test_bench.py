@@ -328,3 +328,30 @@ def test_a_missing_resumed_run_fails_in_one_line(runs, tmp_path, capsys):
     assert gpu_smoke_tools.compare(runs["ref"], str(tmp_path / "nothing"), runs["init"], None) == 1
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and out[0].startswith("FAIL cannot compare:")
+
+
+@pytest.mark.slow
+def test_compare_reads_what_sftlib_writes(world, tmp_path, capsys):
+    """On real (CPU) runs: a run, and a resume from its step-4 checkpoint into another folder, pass; the
+    initial model standing in for the resumed result fails. (The format of folders, histories and logs.)"""
+    import shutil
+
+    from tests.helpers import run_cli
+
+    base = [sys.executable, "-m", "sftlib.train", "--model_name_or_path", str(world["opt"]), "--data_path",
+            str(world["data"]), "--data_split", "10,0,0", "--max_seq_len", "48", "--per_device_train_batch_size", "48",
+            "--num_train_epochs", "1", "--dtype", "fp32", "--learning_rate", "1e-4",
+            "--data_output_path", str(tmp_path / "cache")]
+    ref = run_cli(base + ["--save_steps", "4", "--output_dir", str(tmp_path / "ref")])
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    resumed = run_cli(base + ["--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint",
+                              str(tmp_path / "ref_checkpoints" / "global_step4")])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (tmp_path / "resume.log").write_text(resumed.stdout + resumed.stderr)
+    args = [str(tmp_path / "ref"), "--initial", str(world["opt"]), "--log", str(tmp_path / "resume.log")]
+    assert gpu_smoke_tools.main(["compare", args[0], str(tmp_path / "resumed"), *args[1:]]) == 0, capsys.readouterr()
+    assert "ran steps 5-8 of 8" in capsys.readouterr().out
+    shutil.copytree(world["opt"], tmp_path / "initial")
+    shutil.copy(tmp_path / "resumed" / "training_history.json", tmp_path / "initial")
+    assert gpu_smoke_tools.main(["compare", args[0], str(tmp_path / "initial"), *args[1:]]) == 1
+    assert "FAIL weights: |resumed - uninterrupted| = 100.00%" in capsys.readouterr().out
