@@ -64,7 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--local_rank", type=int, default=-1, help="set by the launcher")
     p.add_argument("--gradient_checkpointing", action="store_true")
     p.add_argument("--dropout", type=float, default=None, help="overrides every dropout key of the config")
-    p.add_argument("--offload", action="store_true", help="ZeRO offload to CPU (DeepSpeedCPUAdam)")
+    p.add_argument("--offload", action="store_true",
+                   help="ZeRO-Offload: optimizer states and step on the CPU (DeepSpeedCPUAdam), and with stage 3 "
+                        "the parameters too; needs --zero_stage 1, 2 or 3")
     p.add_argument("--dtype", type=str, default="fp16", choices=DTYPES,
                    help="fp16 or bf16 as in DeepSpeed-Chat; fp32 added for CPUs")
     p.add_argument("--zero_stage", type=int, default=0)
