@@ -15,6 +15,7 @@ import socket
 import sys
 import tempfile
 import time
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -95,9 +96,16 @@ def launcher_free_env(extra: dict | None = None) -> dict:
     return env
 
 
-def init_distributed() -> None:
-    """Join the launcher's process group, or make a one-rank group for ``python -m``/notebooks."""
+def init_distributed(timeout: timedelta | None = None) -> None:
+    """Join the launcher's process group, or make a one-rank group for ``python -m``/notebooks.
+
+    ``timeout`` is how long a rank may wait in one collective before the group's watchdog ends the job
+    (``--dist_timeout``); None keeps DeepSpeed's default (10 minutes, or ``DEEPSPEED_TIMEOUT``).
+    """
     import deepspeed
+    from deepspeed.constants import default_pg_timeout
+
+    timeout = timeout or default_pg_timeout
 
     if dist.is_initialized():
         return
@@ -109,9 +117,9 @@ def init_distributed() -> None:
         from deepspeed.accelerator import get_accelerator
 
         backend = get_accelerator().communication_backend_name()
-        dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
+        dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1, timeout=timeout)
     probe_ops_quietly()
-    deepspeed.init_distributed()
+    deepspeed.init_distributed(timeout=timeout)  # keeps a group that exists (deepspeed/comm/torch.py)
 
 
 def probe_ops_quietly() -> None:

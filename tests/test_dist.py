@@ -91,3 +91,37 @@ def test_op_probe_leaves_no_linker_noise_under_a_jupyter_like_stderr():
     quiet = _stderr_of("from sftlib.dist import probe_ops_quietly; probe_ops_quietly()\n"
                        "import deepspeed.ops; assert 'async_io' in deepspeed.ops.__compatible_ops__")
     assert "collect2" not in quiet and "cannot find" not in quiet and "/usr/bin/ld" not in quiet, quiet
+
+
+_WAIT_IN_A_BARRIER = """
+import os, sys, time
+from datetime import timedelta
+import torch.distributed as dist
+from sftlib.dist import init_distributed
+init_distributed(timedelta(seconds=float(sys.argv[1])))
+if dist.get_rank() == 1:
+    time.sleep(20)  # rank 0 waits for it in the barrier
+start = time.monotonic()
+try:
+    dist.barrier()
+    print(f"barrier passed after {time.monotonic() - start:.1f} s")
+except Exception as e:
+    print(f"barrier gave up after {time.monotonic() - start:.1f} s: {type(e).__name__}")
+"""
+
+
+@pytest.mark.slow
+def test_the_group_timeout_reaches_the_process_group(tmp_path):
+    """A rank stuck behind a slow rank gives up after the timeout passed to init_distributed, not DeepSpeed's 10 min."""
+    script = tmp_path / "wait.py"
+    script.write_text(_WAIT_IN_A_BARRIER)
+    env = {**dist.launcher_free_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(dist.free_port()),
+           "WORLD_SIZE": "2", "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    ranks = [subprocess.Popen([sys.executable, str(script), "3"], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    out0 = ranks[0].communicate(timeout=120)[0]
+    ranks[1].kill()
+    ranks[1].communicate()
+    said = [line for line in out0.splitlines() if line.startswith("barrier")]
+    assert said and said[0].startswith("barrier gave up"), out0[-2000:]
+    assert float(said[0].split("after ")[1].split(" s")[0]) < 15, said  # 3 s asked; rank 1 sleeps 20 s
