@@ -2,6 +2,7 @@
 # make test  -> lint, unit tests, every notebook executed once, the site built from them, browser test
 # make book  -> execute the notebooks and build the tutorial site (outputs/book/site/index.html)
 # make lab   -> JupyterLab on the notebooks
+# make gpu-smoke -> on a CUDA machine: the GPU smoke table (bench/gpu_smoke.sh)
 # An active conda environment or virtualenv is used as it is; otherwise .venv is created.
 
 ifneq ($(strip $(VIRTUAL_ENV)$(CONDA_PREFIX)),)
@@ -23,7 +24,7 @@ export PYTHONUNBUFFERED := 1
 REPO_URL ?=
 BRANCH ?= main
 
-.PHONY: demo test lint unit notebooks book browser chromium lab toy smollm2 clean
+.PHONY: demo test lint unit notebooks book browser chromium lab toy smollm2 clean gpu-smoke
 
 $(STAMP): pyproject.toml
 	@if [ "$(PY)" = ".venv/bin/python" ] && [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
@@ -79,6 +80,11 @@ chromium:
 	  else echo "error: the browser test needs Debian's chromium and chromium-driver (apt-get install as root)"; exit 2; fi; }
 
 test: lint unit notebooks book browser
+
+# GPU smoke test on one CUDA GPU, from a fresh clone too (creates .venv with torch's CUDA build from PyPI);
+# about 8 minutes on one H200. No $(STAMP): the script picks or creates its own environment.
+gpu-smoke:
+	bash bench/gpu_smoke.sh
 
 lab: $(STAMP)
 	$(PY) -m jupyter lab notebooks

@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from sftlib.dist import launcher_free_env
-from tests.helpers import DEEPSPEED, ROOT
+from tests.helpers import DEEPSPEED, ROOT, cpu_env
 
 
 @pytest.mark.slow
@@ -21,7 +20,7 @@ def test_exported_notebook_runs_on_two_ranks(world, tmp_path):
     assert "get_ipython" not in text and "!pip" not in text, "plain Python, no magics"
     # The script writes where the notebook writes, relative to notebooks/; point it at tmp_path instead.
     script.write_text(text.replace('OUT = "../outputs/nb05"', f'OUT = {str(tmp_path / "out")!r}'))
-    env = launcher_free_env({"MPLBACKEND": "Agg"})
+    env = cpu_env({"MPLBACKEND": "Agg"})  # two CPU ranks, on a GPU host too
     proc = subprocess.run([DEEPSPEED, "--num_gpus", "2", "--master_port", "29581", str(script)],
                           cwd=os.path.join(ROOT, "notebooks"), env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

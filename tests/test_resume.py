@@ -9,9 +9,8 @@ import time
 import pytest
 import torch
 
-from sftlib.dist import launcher_free_env
 from sftlib.utils import SFTError
-from tests.helpers import DEEPSPEED, ROOT
+from tests.helpers import DEEPSPEED, ROOT, cpu_env
 
 
 def two_rank_cmd(world, out, port, *extra):
@@ -23,7 +22,7 @@ def two_rank_cmd(world, out, port, *extra):
 
 
 def run(cmd, **kw):
-    return subprocess.Popen(cmd, cwd=ROOT, env=launcher_free_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True, **kw)
 
 
