@@ -14,8 +14,8 @@ Three layers, as in the original:
 3. ``create_prompt_dataset`` (``build.py``): tokenized phase-1/2/3 datasets. Compat mode gives
    exactly the tensors of the original one-at-a-time recipe, but tokenizes in batches
    (``tokenize.py``), stores unpadded int32 ids as Arrow (``PromptDataset`` in
-   ``prompt_dataset.py`` pads when read), and builds the cache once (global rank 0) while other
-   ranks poll a marker file (``cache.py``).
+   ``prompt_dataset.py`` pads when read), and builds the cache once per node (its local rank 0)
+   while the node's other ranks poll a marker file (``cache.py``).
 
 Naming a dataset on the command line (``--data_path``, ``--sft_only_data_path``)::
 
