@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -43,7 +44,7 @@ from sftlib.utils import SFTError, print_rank_0
 
 def setup_distributed(args) -> torch.device:
     """Join the process group (or make a one-rank one) and return this rank's device."""
-    init_distributed()
+    init_distributed(timedelta(minutes=args.dist_timeout))
     args.local_rank = local_rank()
     return device_for_rank(args.local_rank)
 

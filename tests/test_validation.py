@@ -68,7 +68,7 @@ def foreign_output(tmp):
 
 # (id, change: flag -> value (None removes the flag) or a callable(world, tmp) returning such a dict, error text)
 CASES = [
-    ("fp16 on a CPU", {"--dtype": "fp16"}, "--dtype fp16 does not exist on a CPU"),
+    ("fp16 on a CPU", {"--dtype": "fp16"}, "--dtype fp16 is not for a CPU"),
     ("unknown dtype", {"--dtype": "fp8"}, "argument --dtype: invalid choice: 'fp8'"),
     ("missing model", {"--model_name_or_path": "./no/such/model"}, "no such model folder"),
     ("no model flag", {"--model_name_or_path": None}, "the following arguments are required: --model_name_or_path"),
@@ -193,15 +193,15 @@ def test_on_a_simulated_gpu_host_the_cases_still_see_a_cpu(world, tmp_path, caps
     with monkeypatch.context() as host:  # the simulation is real: left alone, the host's CUDA accepts fp16
         host.delenv("DS_ACCELERATOR")
         check_combinations(args)
-    with pytest.raises(Exception, match="--dtype fp16 does not exist on a CPU"):
+    with pytest.raises(Exception, match="--dtype fp16 is not for a CPU"):
         check_combinations(args)
     code, err = refuse(world, tmp_path, {"--dtype": "fp16"}, capsys)
-    assert code == 2 and err == err.strip() and err.startswith("error: --dtype fp16 does not exist on a CPU"), err
+    assert code == 2 and err == err.strip() and err.startswith("error: --dtype fp16 is not for a CPU"), err
     fake_gpu = ("import runpy, sys, torch; torch.cuda.is_available = lambda: True; "
                 "sys.argv[0] = 'sftlib.train'; runpy.run_module('sftlib.train', run_name='__main__')")
     proc = run_cli([sys.executable, "-c", fake_gpu, *argv_for(world, tmp_path, {"--dtype": "fp16"})])
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: --dtype fp16 does not exist on a CPU")
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --dtype fp16 is not for a CPU")
 
 
 if __name__ == "__main__":  # the table: input, one-line error
