@@ -170,8 +170,8 @@ def check_combinations(args) -> None:
     """Flags that contradict each other or need another flag."""
     if args.dtype == "fp16" and accelerator_name() == "cpu":
         raise SFTError("--dtype fp16 is not for a CPU (sftlib refuses it there; DeepSpeed's CPU accelerator has "
-                       "fp16 only with oneDNN's fp16 kernels); use --dtype fp32 (bf16 works but is ~13x slower on "
-                       "AVX2 CPUs)")
+                       "fp16 only with oneDNN's fp16 kernels); use --dtype fp32 (bf16 works; without AVX-512 BF16 or "
+                       "AMX it is emulated, ~13x slower)")
     if args.offload and args.zero_stage == 0:
         raise SFTError("--offload moves ZeRO's optimizer to the CPU (DeepSpeedCPUAdam), and --zero_stage 0 has no ZeRO "
                        "optimizer: the parameters stay on the accelerator, where CPU Adam refuses them at the first "
