@@ -17,6 +17,12 @@ endif
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
+# The same fp32 arithmetic on every x86 CPU: the toy world is pretrained here and every score on the
+# pages depends on it, so AVX-512 machines run the AVX2 kernels an AVX2-only machine runs (ATen's
+# vectorised kernels, MKL's GEMM in its reproducible AVX2 mode, oneDNN's JIT), with 2 threads.
+export ATEN_CPU_CAPABILITY := avx2
+export MKL_CBWR := AVX2
+export ONEDNN_MAX_CPU_ISA := AVX2
 
 # The repository's public URL and branch: the one place the site's launch and source links take them
 # from. Empty while unknown: the site then has no Colab, Binder or source links (book/build.py refuses
