@@ -98,8 +98,6 @@ def build_dataloaders(args, tokenizer):
         args.max_seq_len, end_of_conversation_token=tokenizer.eos_token, sft_only_data_path=args.sft_only_data_path,
         blend_weights=args.data_weights or None, mask_prompt=args.mask_prompt, train_on_padding=args.labels_2023,
         pad_to_max_len=not (args.dynamic_padding or args.packing), wait_timeout=args.data_cache_timeout, run_id=run_id)
-    if len(train_dataset) == 0:
-        raise SFTError(f"the training set is empty after --data_split {args.data_split}; give phase 1 a share")
     batching = "packing" if args.packing else "dynamic" if args.dynamic_padding else "compat"
     if args.packing:  # several samples per row, laid out as the model's attention allows; eval stays unpacked
         train_dataset = collate.PackedDataset(train_dataset, args.max_seq_len)
