@@ -19,7 +19,8 @@ import re
 from pathlib import Path
 
 from sftlib.dist import accelerator_name
-from sftlib.utils import SFTError, check_writable
+from sftlib.errors import SFTError
+from sftlib.utils import check_writable
 
 DTYPES = ("fp16", "bf16", "fp32")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -110,6 +111,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "auto (bare --packing): padding-free where the model's attention allows, else a 4-D mask")
     p.add_argument("--data_weights", type=float, nargs="*", default=None,
                    help="blend --data_path sets by these weights (default: in proportion to their sizes)")
+    p.add_argument("--loss_reduction", type=str, default="mean", choices=("mean", "token"),
+                   help="mean: each micro batch's loss is the mean over its own label tokens (DeepSpeed-Chat's); "
+                        "token: every label token of the global batch (all accumulation steps, all ranks) "
+                        "weighs the same")
     p.add_argument("--chat_template", type=str, default=None,
                    help="a Jinja chat template FILE for messages data (replaces the tokenizer's; saved with it)")
     p = deepspeed.add_config_arguments(p)
@@ -139,6 +144,12 @@ RANGES = [
     ("local_rank", -1, None, "-1 or more (the launcher sets it)"),
 ]
 STRICT = {"learning_rate", "lora_learning_rate", "data_cache_timeout", "dist_timeout", "dropout"}  # lr > 0, dropout < 1
+
+
+def batching_mode(args) -> str:
+    """The one answer to "how are rows batched": ``packing``, ``dynamic`` (pad to the batch's longest)
+    or ``compat`` (pad every sample to --max_seq_len, DeepSpeed-Chat's)."""
+    return "packing" if args.packing else "dynamic" if args.dynamic_padding else "compat"
 
 
 def validate_args(args) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 MARKER = "sftlib_checkpoint.json"
 TAG = re.compile(r"^global_step(\d+)$")

@@ -12,7 +12,7 @@ import os
 import sys
 
 from sftlib.dist import all_ranks, global_rank
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 QUIET = "\0quiet"  # what a rank sends when another rank reports the failure
 

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sftlib.constants import IGNORE_INDEX
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 
 def round_up(n: int, multiple: int) -> int:

@@ -154,6 +154,12 @@ def unwrap(model):
     return inner if isinstance(inner, torch.nn.Module) else model
 
 
+def full_shape(param) -> tuple:
+    """A parameter's whole shape, also under ZeRO-3 (where the local tensor is an empty partition
+    and DeepSpeed keeps the real shape in ``ds_shape``)."""
+    return tuple(getattr(param, "ds_shape", param.shape))
+
+
 def all_ranks(item) -> list:
     """``item`` from every rank, in rank order (just ``[item]`` without a process group)."""
     if not dist.is_initialized():

@@ -20,7 +20,7 @@ import json
 
 from sftlib.cli import run
 from sftlib.dist import accelerator_name
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 GLOBAL_BATCH_SIZE = 32  # placeholder; sftlib.train overwrites it from the micro batch and world size
 MICRO_BATCH_SIZE = 4

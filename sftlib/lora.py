@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftlib.constants import is_lora_name
-from sftlib.dist import unwrap
-from sftlib.utils import SFTError
+from sftlib.dist import full_shape, unwrap
+from sftlib.errors import SFTError
 
 
 def _conv1d_class():
@@ -58,7 +58,7 @@ class LinearLayer_LoRA(nn.Module):
         if lora_dim <= 0:
             raise SFTError(f"--lora_dim must be > 0 to build a LoRA layer (got {lora_dim})")
         self.weight, self.bias, self.fan_in_fan_out = weight, bias, fan_in_fan_out
-        rows, columns = _full_shape(weight)
+        rows, columns = full_shape(weight)
         if fan_in_fan_out:
             rows, columns = columns, rows
         if lora_dim > min(rows, columns):
@@ -101,10 +101,6 @@ class LinearLayer_LoRA(nn.Module):
         if self.fuse_lora:
             return out
         return out + (self.lora_dropout(x) @ self.lora_right_weight @ self.lora_left_weight) * self.lora_scaling
-
-
-def _full_shape(param):
-    return tuple(param.ds_shape) if hasattr(param, "ds_shape") else tuple(param.shape)
 
 
 def recursive_getattr(model, module_name):
@@ -164,7 +160,7 @@ def convert_linear_layer_to_lora(model, part_module_name, lora_dim=0, lora_scali
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     conv1d = _conv1d_class()
     for name, module in targets:
-        rows, columns = _full_shape(module.weight)
+        rows, columns = full_shape(module.weight)
         if lora_dim > min(rows, columns):
             raise SFTError(f"--lora_dim {lora_dim} is larger than layer {name} ({rows} x {columns}); "
                            f"use at most {min(rows, columns)}")
@@ -266,8 +262,7 @@ def lora_state_for_peft(model) -> tuple[dict[str, torch.Tensor], dict]:
         raise SFTError("the model has no LoRA layers to export; convert it with --lora_dim > 0 first")
     if any(m.fuse_lora for _, m in layers):
         raise SFTError("the LoRA layers are fused into the base weights; call unfuse_lora_weight before exporting")
-    ranks = {m.lora_right_weight.ds_shape[-1] if hasattr(m.lora_right_weight, "ds_shape")
-             else m.lora_right_weight.shape[-1] for _, m in layers}
+    ranks = {full_shape(m.lora_right_weight)[-1] for _, m in layers}
     scalings = {m.lora_scaling for _, m in layers}
     fan = {m.fan_in_fan_out for _, m in layers}
     if len(ranks) != 1 or len(scalings) != 1 or len(fan) != 1:
@@ -328,7 +323,7 @@ def _warn_if_vocab_differs(model, base_model_name_or_path):
         base_vocab = AutoConfig.from_pretrained(str(base_model_name_or_path)).vocab_size
     except (OSError, ValueError):
         return  # the base is not reachable from here; PEFT will check when it loads
-    rows = _full_shape(unwrap(model).get_input_embeddings().weight)[0]
+    rows = full_shape(unwrap(model).get_input_embeddings().weight)[0]
     if rows != base_vocab:
         warnings.warn(f"the model's vocabulary ({rows}) differs from the base's ({base_vocab}); the adapter does not "
                       f"carry embeddings: call base.resize_token_embeddings({rows}) before PeftModel.from_pretrained")

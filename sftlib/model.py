@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from sftlib.constants import IGNORE_INDEX
-from sftlib.utils import SFTError
+from sftlib.dist import full_shape
+from sftlib.errors import SFTError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
                    "vocab.txt", "spiece.model")
@@ -246,7 +247,7 @@ def create_hf_model(model_class, model_name_or_path: str, tokenizer, ds_config: 
         model.config.end_token_id = tokenizer.eos_token_id
         model.config.pad_token_id = model.config.eos_token_id
         weight = model.get_input_embeddings().weight
-        current = weight.ds_shape[0] if hasattr(weight, "ds_shape") else weight.shape[0]
+        current = full_shape(weight)[0]
         wanted = padded_vocab_size(len(tokenizer), current)
         if wanted > current:
             model.resize_token_embeddings(wanted)

@@ -97,7 +97,7 @@ class Trainable:
 def trainable_flops(model) -> Trainable:
     """Walk a model (or engine): every matmul weight (``nn.Linear``, GPT-2's ``Conv1D``, sftlib's LoRA
     layer) whose weight takes no gradient, and every unfused LoRA pair. Full shapes under ZeRO-3."""
-    from sftlib.dist import unwrap
+    from sftlib.dist import full_shape, unwrap
 
     frozen = lora = 0.0
     for module in unwrap(model).modules():
@@ -105,13 +105,12 @@ def trainable_flops(model) -> Trainable:
         if not isinstance(weight, torch.nn.Parameter) or isinstance(module, (torch.nn.Embedding,
                                                                              torch.nn.LayerNorm)):
             continue
-        shape = tuple(getattr(weight, "ds_shape", weight.shape))
+        shape = full_shape(weight)
         if len(shape) == 2 and not weight.requires_grad:
             frozen += 2.0 * shape[0] * shape[1]
         right = getattr(module, "lora_right_weight", None)
         if right is not None and not getattr(module, "fuse_lora", False):
-            (columns, rank), rows = tuple(getattr(right, "ds_shape", right.shape)), \
-                tuple(getattr(module.lora_left_weight, "ds_shape", module.lora_left_weight.shape))[1]
+            (columns, rank), rows = full_shape(right), full_shape(module.lora_left_weight)[1]
             lora += 2.0 * rank * (columns + rows)
     return Trainable(frozen, lora)
 

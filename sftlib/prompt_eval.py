@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from sftlib.cli import run
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 PROMPTS = {
     "English": ["Human: Please tell me about Microsoft in a few sentence? Assistant:",

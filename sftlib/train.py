@@ -35,8 +35,9 @@ from sftlib.arguments import output_children, parse_args, validate_args
 from sftlib.constants import IGNORE_INDEX
 from sftlib.data.messages import load_chat_template
 from sftlib.dist import accelerator_name, all_ranks, device_for_rank, init_distributed, local_rank
+from sftlib.errors import SFTError
 from sftlib.history import History, Reporter
-from sftlib.utils import SFTError, print_rank_0
+from sftlib.utils import print_rank_0
 
 # --------------------------------------------------------------------------------------------
 # The steps of main(), in the order it runs them

@@ -26,20 +26,7 @@ import torch.distributed as dist
 
 from sftlib.constants import LORA_PARAM_NAMES, is_lora_name
 from sftlib.dist import is_rank_0, unwrap
-
-
-class SFTError(Exception):
-    """A problem with the user's input; command lines print it as one line and exit 2.
-
-    Under several ranks ``sftlib.cli`` decides who prints it: ``rank`` names the one rank that hit it
-    (``error: [rank 1] ...``), ``everywhere`` means every rank did (printed once, plainly), and
-    ``quiet`` means another rank reports it.
-    """
-
-    rank: int | None = None
-    everywhere: bool = False
-    quiet: bool = False
-
+from sftlib.errors import SFTError
 
 # --------------------------------------------------------------------------------------------
 # Ranks, devices, seeds

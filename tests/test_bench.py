@@ -81,8 +81,8 @@ def test_helper_commands_parse_and_the_resume_check_compares_the_right_runs(comm
 
 def test_prompt_eval_hybrid_engine_and_every_command_is_known(commands, monkeypatch):
     from sftlib import prompt_eval
+    from sftlib.errors import SFTError
     from sftlib.lessons import hybrid_engine
-    from sftlib.utils import SFTError
 
     evals = [prompt_eval.parse_args(_after(c, "sftlib.prompt_eval")) for c in commands if "sftlib.prompt_eval" in c]
     assert len(evals) == 1 and evals[0].dtype == "bf16"

@@ -8,7 +8,7 @@ import torch
 
 from sftlib import checkpoint
 from sftlib.dist import init_distributed
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 
 class _Engine:

@@ -9,7 +9,7 @@ import torch
 
 from sftlib import cli
 from sftlib.dist import free_port
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 from tests import helpers
 from tests.helpers import ROOT, cpu_env
 
@@ -38,7 +38,7 @@ RANKS = """
 import os, sys
 import torch.distributed as dist
 from sftlib import cli
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 rank, fails = int(os.environ["RANK"]), sys.argv[1]
 

@@ -5,7 +5,7 @@ import torch
 
 from sftlib import collate, data
 from sftlib.constants import IGNORE_INDEX
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from deepspeed.runtime.config import DeepSpeedConfig
 
 from sftlib.ds_config import check_hybrid_engine, get_eval_ds_config, get_train_ds_config, main
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 from tests.helpers import run_cli
 
 

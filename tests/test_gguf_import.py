@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sftlib import gguf_import
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 from tests.helpers import ROOT, run_cli
 
 

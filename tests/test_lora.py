@@ -10,7 +10,7 @@ from torch import nn
 
 from sftlib import lora
 from sftlib.constants import is_lora_name
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 from tests.helpers import run_cli
 
 MODULES = {"opt": "decoder.layers.", "llama": "layers."}

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, OPTConfig
 
 from sftlib import model as M
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 TEXT = "\n\nHuman: What is the opposite of hot?\n\nAssistant: cold</s>"
 

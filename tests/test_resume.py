@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 from tests.helpers import DEEPSPEED, ROOT, cpu_env
 
 

@@ -173,7 +173,7 @@ def test_model_files_go_beside_this_runs_logs_and_nothing_else_is_touched(world,
     from transformers import AutoModelForCausalLM
 
     from sftlib import utils
-    from sftlib.utils import SFTError
+    from sftlib.errors import SFTError
 
     model = AutoModelForCausalLM.from_pretrained(world["opt"])
     out = tmp_path / "out"
@@ -197,9 +197,9 @@ def test_a_failed_final_save_puts_the_weights_in_a_rescue_folder(world, tmp_path
     from transformers import AutoModelForCausalLM
 
     from sftlib import train
+    from sftlib.errors import SFTError
     from sftlib.history import History
     from sftlib.model import load_hf_tokenizer
-    from sftlib.utils import SFTError
 
     args = one_rank_args(world, tmp_path)
     (tmp_path / "blocker").write_text("a file where the output folder's parent should be")

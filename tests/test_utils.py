@@ -11,7 +11,7 @@ from torch import nn
 
 from sftlib import utils
 from sftlib.dist import free_port
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 from tests.helpers import run_cli
 
 

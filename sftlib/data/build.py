@@ -28,7 +28,7 @@ from sftlib.data.sources import fingerprint_source, load_hub, row_location, sele
 from sftlib.data.splits import get_raw_dataset_split_index, get_shuffle_idx, parse_data_split, part_sizes
 from sftlib.data.tokenize import tokenize_split
 from sftlib.dist import global_rank
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 
 @dataclasses.dataclass(frozen=True)

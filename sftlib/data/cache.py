@@ -14,7 +14,7 @@ from pathlib import Path
 from sftlib.data.prompt_dataset import PromptDataset
 from sftlib.data.sources import hash_file
 from sftlib.dist import global_rank
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 DATA_FORMAT_VERSION = 1  # bump when anything changes what a cached dataset holds
 

@@ -24,7 +24,7 @@ import json
 import re
 from pathlib import Path
 
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 KIND = "messages"
 ROLES = ("system", "user", "assistant", "tool")

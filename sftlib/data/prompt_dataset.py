@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sftlib.constants import IGNORE_INDEX
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 
 def _pad(ids: list[int], length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

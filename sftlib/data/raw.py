@@ -6,7 +6,7 @@ from __future__ import annotations
 from sftlib.data.registry import TRANSFORM_INPUTS, TRANSFORMS, DatasetSpec, render, resolve_data_path, row_keys
 from sftlib.data.sources import load_hub, load_local, select_rows
 from sftlib.data.splits import get_raw_dataset_split_index, part_sizes
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 
 class PromptRawDataset:

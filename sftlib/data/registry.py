@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from sftlib.data.messages import looks_like_messages
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 HA = " Human: {} Assistant:"  # DeepSpeed-Chat's wrapping of a bare question
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")  # a template's ``{field.path}``

@@ -13,7 +13,7 @@ import numpy as np
 
 from sftlib.data.messages import arrow_conversations_ok, conversation_problem
 from sftlib.data.registry import DatasetSpec
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 SPLIT_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
 

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 
 def parse_data_split(data_split: str, parts: int = 3) -> list[float]:

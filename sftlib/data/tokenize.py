@@ -13,7 +13,7 @@ import warnings
 from sftlib.data.messages import messages_batch
 from sftlib.data.raw import PromptRawDataset
 from sftlib.data.registry import parse_template
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 
 def tokenize_one_at_a_time(texts: list[str], tokenizer, max_seq_len: int) -> list[dict]:

@@ -27,7 +27,7 @@ import torch
 
 from sftlib.cli import run
 from sftlib.dist import all_ranks, free_port, global_rank, launcher_free_env, unwrap
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 
 def launch(module: str, args: list, ranks: int = 2, env: dict | None = None, timeout: int = 600) -> str:

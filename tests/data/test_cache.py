@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sftlib import data
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 from tests.data.helpers import toy_folder, write_jsonl
 from tests.helpers import ROOT
 

@@ -8,7 +8,7 @@ import torch
 from sftlib.constants import IGNORE_INDEX
 from sftlib.data import create_prompt_dataset, resolve_data_path
 from sftlib.data.messages import assistant_char_spans, chat_template_of, encode_conversations, load_chat_template
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 THREE_TURNS = [
     {"role": "system", "content": "Answer briefly."},

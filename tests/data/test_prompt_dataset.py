@@ -57,8 +57,8 @@ def test_labels_2023_are_the_input_ids_padding_included(world, tok, tmp_path):
     """--labels_2023: the 2023 recipe (one tokenizer call per sample, padded, labels = input_ids)."""
     import pytest
 
+    from sftlib.errors import SFTError
     from sftlib.train import parse_args
-    from sftlib.utils import SFTError
 
     assert parse_args(["--model_name_or_path", "x", "--labels_2023"]).labels_2023
     assert not parse_args(["--model_name_or_path", "x"]).labels_2023, "off by default"

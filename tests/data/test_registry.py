@@ -6,7 +6,7 @@ import json
 import pytest
 
 from sftlib import data
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 from tests.data.helpers import FIX, write_jsonl
 
 HOT = "What is the opposite of hot?"

@@ -3,7 +3,7 @@
 import pytest
 
 from sftlib import data
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 from tests.data.helpers import write_jsonl
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sftlib import data
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 from tests.data.helpers import numpy_recipe
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sftlib.data import read_json_rows
-from sftlib.utils import SFTError
+from sftlib.errors import SFTError
 
 RUN = "run"  # the expected outcome of a case that trains
 

@@ -7,8 +7,8 @@ from transformers import AutoModelForCausalLM
 from sftlib.cli import run
 from sftlib.dist import accelerator_name
 from sftlib.ds_config import NO_HYBRID_ACCELERATORS, get_train_ds_config
+from sftlib.errors import SFTError
 from sftlib.lessons import hybrid_engine
-from sftlib.utils import SFTError
 
 ON_CPU = accelerator_name() in NO_HYBRID_ACCELERATORS  # a CPU (or mps): no inference kernels
 
