@@ -7,6 +7,7 @@ recompute form of the formula to runs without recompute. Here the count is per d
 come from ``model.config`` under any of the usual names, and every term is counted once:
 
     per token, forward:  L * (2*h*(2h + 2*kv) + 2*m*h*f + 4*s*h) + 2*h*V
+                         (s: the row's length; in a packed row, the token's own sample's length)
     per token, train:    3 * forward (+1 forward of the layers with gradient checkpointing)
                          - forward of every frozen weight matrix (no weight-gradient matmul)
                          + 3 (or 4) * LoRA's two low-rank matmuls, which do train
@@ -115,19 +116,30 @@ def trainable_flops(model) -> Trainable:
     return Trainable(frozen, lora)
 
 
+def _flop_terms(dims: ModelDims, gradient_checkpointing: bool, trainable: Trainable | None) -> tuple[float, float]:
+    """One training step's FLOPs as (per token outside attention scores, per attended query-key pair)."""
+    passes = 4 if gradient_checkpointing else 3  # the layers run forward twice with checkpointing
+    per_token = 3 * forward_flops_per_token(dims, 0)
+    if gradient_checkpointing:  # the LM head is not recomputed
+        per_token += forward_flops_per_token(dims, 0) - 2 * dims.hidden * dims.vocab
+    if trainable is not None:
+        per_token += passes * trainable.lora - trainable.frozen
+    return per_token, passes * dims.layers * 4.0 * dims.hidden
+
+
 def train_flops(model_or_config, batch_size: int, seq_len: int, gradient_checkpointing: bool = False,
-                trainable: Trainable | None = None) -> float:
+                trainable: Trainable | None = None, attended: float | None = None) -> float:
     """FLOPs one device does for one micro batch of ``batch_size`` x ``seq_len`` (padded) tokens.
 
     ``trainable`` (from ``trainable_flops``): frozen matrices skip their weight-gradient matmul,
-    LoRA's matmuls are added (forward, two backward, and the recompute with checkpointing)."""
+    LoRA's matmuls are added (forward, two backward, and the recompute with checkpointing).
+    ``attended``: the query-key pairs attention scores over all rows; a padded row attends over its
+    whole length (``batch_size * seq_len**2``, the default), a packed row over each sample's own
+    (``attended_pairs``)."""
     dims = model_or_config if isinstance(model_or_config, ModelDims) else model_dims(model_or_config)
-    per_token = 3 * forward_flops_per_token(dims, seq_len)
-    if gradient_checkpointing:  # the layers run forward twice; the LM head does not
-        per_token += forward_flops_per_token(dims, seq_len) - 2 * dims.hidden * dims.vocab
-    if trainable is not None:
-        per_token += (4 if gradient_checkpointing else 3) * trainable.lora - trainable.frozen
-    return float(batch_size * seq_len * per_token)
+    per_token, per_pair = _flop_terms(dims, gradient_checkpointing, trainable)
+    pairs = batch_size * seq_len * seq_len if attended is None else attended
+    return float(batch_size * seq_len * per_token + per_pair * pairs)
 
 
 def megatron_flops(batch_size: int, seq_len: int, layers: int, hidden: int, vocab: int,
@@ -152,17 +164,33 @@ def profile_forward_flops(model, input_ids: torch.Tensor) -> float:
     return float(flops)
 
 
-def packed_samples(batch: dict) -> int:
-    """Samples in packed rows: ``position_ids`` restarts, less each row's trailing padding run
-    (``sftlib.collate.PackingCollator`` gives padding its own run, all labels ``IGNORE_INDEX``)."""
+def attended_pairs(position_ids: torch.Tensor) -> torch.Tensor:
+    """Query-key pairs of block-diagonal attention over packed rows: each sample's length squared, summed.
+
+    A sample's positions count 0, 1, ..., n-1 and 1 + 3 + ... + (2n-1) = n**2, so the sum of
+    ``2 * position + 1`` over every token is the count, on the tensor's device (no host sync). The
+    collator's padding run is a block of its own and counts like a sample, as padded tokens do."""
+    return (2 * position_ids.long() + 1).sum()
+
+
+def packed_samples_tensor(batch: dict) -> torch.Tensor:
+    """Samples in packed rows, as a tensor on the batch's device: ``position_ids`` restarts, less each
+    row whose last run is padding (``sftlib.collate.PackingCollator`` gives padding its own run, all
+    labels ``IGNORE_INDEX``)."""
     pos, labels = batch["position_ids"], batch.get("labels")
-    count = int((pos == 0).sum())
+    starts = pos == 0
+    count = starts.sum()
     if labels is not None:
-        for row_pos, row_lab in zip(pos, labels):
-            last = int((row_pos == 0).nonzero().max())
-            if last > 0 and bool((row_lab[last:] == IGNORE_INDEX).all()):
-                count -= 1
+        index = torch.arange(pos.shape[-1], device=pos.device)
+        last = torch.where(starts, index, -1).amax(-1, keepdim=True)  # each row's last restart
+        padding = (last[:, 0] > 0) & ((labels == IGNORE_INDEX) | (index < last)).all(-1)
+        count = count - padding.sum()
     return count
+
+
+def packed_samples(batch: dict) -> int:
+    """``packed_samples_tensor`` as a Python int (one host sync)."""
+    return int(packed_samples_tensor(batch))
 
 
 class StepMeter:
@@ -210,7 +238,8 @@ class StepMeter:
         self.tokens += b * s  # padded tokens: what the device computes on (the model may rewrite the mask)
         self.real_tokens += real_tokens if real_tokens is not None else (
             int(mask.sum()) if mask is not None and mask.dim() == 2 else b * s)
-        self.flops += train_flops(self.dims, b, s, self.checkpointing, self.trainable)
+        attended = int(attended_pairs(batch["position_ids"])) if packed else None  # block-diagonal attention
+        self.flops += train_flops(self.dims, b, s, self.checkpointing, self.trainable, attended)
 
     def report(self) -> dict:
         """Rates over this span (samples/s and tokens/s for all ranks, TFLOPs per device, ``seconds``

@@ -76,23 +76,83 @@ def test_tflops_are_per_device_and_samples_are_for_all_ranks(world, monkeypatch)
     assert two["samples_per_s"] == pytest.approx(2 * one["samples_per_s"]) and one["samples_per_s"] == 2.0
 
 
-def test_packed_rows_count_their_samples_not_their_rows():
-    from sftlib.collate import PackingCollator
+DIMS = perf.ModelDims(128, 4, 1744, 4, 128, 512, False)
 
-    def sample_run(n):  # one packed sample: its first label is -100, positions restart at 0
-        return torch.arange(n) + 5, torch.cat([torch.tensor([-100]), torch.arange(n - 1) + 5]), torch.arange(n)
+
+def _packed_run(n):  # one packed sample: its first label is -100, positions restart at 0
+    return torch.arange(n) + 5, torch.cat([torch.tensor([-100]), torch.arange(n - 1) + 5]), torch.arange(n)
+
+
+def test_packed_rows_count_their_samples_and_block_diagonal_attention():
+    from sftlib.collate import PackingCollator
 
     rows = []
     for lengths in ([5, 5], [16]):
-        parts = [sample_run(n) for n in lengths]
+        parts = [_packed_run(n) for n in lengths]
         rows.append({key: torch.cat([p[i] for p in parts]) for i, key in enumerate(["input_ids", "labels",
                                                                                     "position_ids"])})
     batch = PackingCollator(pad_token_id=1)(rows)
     batch.pop("num_tokens")
     assert perf.packed_samples(batch) == 3
-    meter = perf.StepMeter(perf.ModelDims(128, 4, 1744, 4, 128, 512, False))
+    assert int(perf.attended_pairs(batch["position_ids"])) == 5**2 + 5**2 + 6**2 + 16**2
+    meter = perf.StepMeter(DIMS)
     meter.add(batch)
-    assert meter.samples == 3 and meter.flops == perf.train_flops(meter.dims, 2, 16)
+    # row 1: samples of 5 and 5, then its padding run of 6 (a block of its own); row 2: one sample of 16
+    per_sample = sum(perf.train_flops(DIMS, 1, n) for n in (5, 5, 6, 16))
+    assert meter.samples == 3 and meter.flops == pytest.approx(per_sample, rel=1e-12)
+    assert meter.flops < perf.train_flops(DIMS, 2, 16), "the full 16 x 16 square per row overstates"
+
+
+@pytest.fixture(scope="module")
+def toy_sets(world, tmp_path_factory):
+    """The toy OPT's unpadded phase-1 set and its packed rows (bins of sample indices)."""
+    from sftlib import collate, data
+    from sftlib.model import load_hf_tokenizer
+
+    tok = load_hf_tokenizer(str(world["opt"]))
+    dyn, _ = data.create_prompt_dataset(0, [str(world["data"])], "10,0,0", str(tmp_path_factory.mktemp("perf")), 1, 1,
+                                        tok, 64, end_of_conversation_token=tok.eos_token, pad_to_max_len=False)
+    return tok, dyn, collate.PackedDataset(dyn, 64)
+
+
+@pytest.mark.parametrize("mode", ["mask", "padding_free", "flatten"])
+def test_packed_batch_flops_equal_a_per_sample_count(world, toy_sets, mode):
+    """Real packed rows of the toy data, each layout: the meter's FLOPs are the sum over samples (and each
+    row's padding run) of one unpacked sample's FLOPs, counted here from the bins and the stored lengths."""
+    from transformers import AutoConfig
+
+    from sftlib.collate import PackingCollator
+
+    tok, dyn, packed = toy_sets
+    dims = perf.model_dims(AutoConfig.from_pretrained(world["opt"]))
+    rows = [packed[i] for i in range(4)]
+    batch = PackingCollator(tok.pad_token_id, mode=mode)(rows)
+    n_tokens = int(batch.pop("num_tokens"))
+    lengths = [[int(dyn[j]["attention_mask"].sum()) for j in packed.bins[i]] for i in range(4)]
+    width = batch["input_ids"].shape[1]
+    pads = [] if mode == "flatten" else [width - sum(row) for row in lengths if width > sum(row)]
+    runs = [n for row in lengths for n in row] + pads
+    assert sum(runs) == batch["input_ids"].numel() and sum(map(sum, lengths)) == n_tokens
+    meter = perf.StepMeter(dims)
+    meter.add(batch, n_tokens)
+    assert meter.samples == sum(map(len, lengths)) and meter.real_tokens == n_tokens
+    assert meter.flops == pytest.approx(sum(perf.train_flops(dims, 1, n) for n in runs), rel=1e-9)
+    square = perf.train_flops(dims, *batch["input_ids"].shape)  # the old count: the whole row's square
+    assert square > meter.flops
+
+
+def test_padded_and_dynamic_batches_count_the_whole_row(world, toy_sets):
+    from transformers import AutoConfig
+
+    from sftlib.collate import DynamicPaddingCollator
+
+    tok, dyn, _ = toy_sets
+    dims = perf.model_dims(AutoConfig.from_pretrained(world["opt"]))
+    batch = DynamicPaddingCollator(tok.pad_token_id)([dyn[i] for i in range(6)])
+    meter = perf.StepMeter(dims)
+    meter.add(batch)
+    assert meter.flops == perf.train_flops(dims, *batch["input_ids"].shape)
+    assert meter.samples == 6 and meter.real_tokens == sum(int(dyn[i]["attention_mask"].sum()) for i in range(6))
 
 
 def _autograd_flops(model, ids) -> float:
@@ -134,7 +194,7 @@ def test_lora_frozen_weights_skip_their_weight_gradients(world, only_lora):
 def test_one_clock_for_every_rate_and_paused_time_is_in_no_span(monkeypatch):
     clock = [10.0]
     monkeypatch.setattr(perf.time, "time", lambda: clock[0])
-    meter = perf.StepMeter(perf.ModelDims(128, 4, 1744, 4, 128, 512, False))
+    meter = perf.StepMeter(DIMS)
     batch = {"input_ids": torch.ones(4, 8, dtype=torch.long),
              "attention_mask": torch.tensor([[1] * 5 + [0] * 3] * 4)}
     meter.add(batch)
