@@ -35,91 +35,179 @@ class _Parser(argparse.ArgumentParser):
         raise SFTError(message)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """DeepSpeed-Chat's step-1 arguments, with their defaults, plus DeepSpeed's own."""
-    import deepspeed
-    from deepspeed.constants import default_pg_timeout
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's default after its help, as one would type it (lists space-separated, switches off/on)."""
 
-    p = _Parser(description="Finetune a transformers model on a causal language modeling task")
-    p.add_argument("--data_path", nargs="*", default=["Dahoas/rm-static"],
-                   help="datasets, blended; a local folder with train.json/eval.json works offline")
-    p.add_argument("--data_split", type=str, default="2,4,4",
-                   help="proportions of each dataset for phases 1/2/3; SFT uses the first part")
-    p.add_argument("--sft_only_data_path", nargs="*", default=[], help="single-response sets, phase 1 only")
-    p.add_argument("--data_output_path", type=str, default="/tmp/data_files/",
-                   help="cache of split indices and tokenized sets; must be node-local")
-    p.add_argument("--model_name_or_path", type=str, required=True, help="hub id or local model folder")
-    p.add_argument("--per_device_train_batch_size", type=int, default=16)
-    p.add_argument("--per_device_eval_batch_size", type=int, default=16)
-    p.add_argument("--max_seq_len", type=int, default=512, help="pad-to and truncate-at length")
-    p.add_argument("--learning_rate", type=float, default=1e-3)
-    p.add_argument("--weight_decay", type=float, default=0.0)
-    p.add_argument("--num_train_epochs", type=int, default=1)
-    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    p.add_argument("--lr_scheduler_type", type=str, default="cosine",
+    def _get_help_string(self, action):
+        if action.required or action.default is argparse.SUPPRESS:
+            return action.help if not action.required else f"{action.help} (required)"
+        return f"{action.help} (default: {str(shown_default(action.default)).replace('%', '%%')})"
+
+
+def shown_default(default):
+    """A default as ``--help`` shows it: ``off``/``on`` for switches, ``unset`` for None, lists space-separated."""
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if default is None:
+        return "unset"
+    if isinstance(default, (list, tuple)):
+        return " ".join(map(str, default)) or "none"
+    return default
+
+
+PROG = "python -m sftlib.train"
+DS_TIMEOUT_MINUTES = int(os.getenv("DEEPSPEED_TIMEOUT", default=10))  # deepspeed.constants.default_pg_timeout's
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m sftlib.train``: DeepSpeed-Chat's step-1 flags with their defaults,
+    sftlib's additions (all off by default) and DeepSpeed's own config flags.
+
+    Building it imports no DeepSpeed (so ``--help`` prints no accelerator warning); every flag has a
+    help text and its default (notebook 05 renders its argument table from this parser)."""
+    p = _Parser(prog=PROG, formatter_class=_Formatter, usage="%(prog)s --model_name_or_path MODEL [options]",
+                description="Finetune a transformers model on a causal language modeling task "
+                            "(DeepSpeed-Chat step 1, supervised fine-tuning).",
+                epilog="example: python -m sftlib.train --model_name_or_path toy_world/opt-tiny "
+                       "--data_path toy_world/data --dtype fp32 --output_dir outputs/sft")
+    _data_flags(p.add_argument_group("data"))
+    _model_flags(p.add_argument_group("model and LoRA"))
+    _training_flags(p.add_argument_group("training"))
+    _output_flags(p.add_argument_group("output and logging"))
+    _sftlib_flags(p.add_argument_group("sftlib additions", "off by default, so a plain run behaves like "
+                                                           "DeepSpeed-Chat's"))
+    _deepspeed_flags(p.add_argument_group("DeepSpeed", "deepspeed.add_config_arguments' flags"))
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """DeepSpeed-Chat's step-1 arguments, with their defaults, plus DeepSpeed's own (``build_parser``)."""
+    return build_parser().parse_args(argv)
+
+
+def _data_flags(g) -> None:
+    g.add_argument("--data_path", nargs="*", default=["Dahoas/rm-static"],
+                   help="datasets, blended: registered names (Dahoas/rm-static), NAME=/local/path, a local folder "
+                        "with train.json/eval.json, or messages=PATH for chats (see data_cards/README.md)")
+    g.add_argument("--data_split", type=str, default="2,4,4",
+                   help="proportions of each dataset for phases 1/2/3 (SFT, reward model, RLHF); SFT uses the first "
+                        "part, so give 10,0,0 to train on all rows")
+    g.add_argument("--sft_only_data_path", nargs="*", default=[],
+                   help="single-response sets used by phase 1 only, whole (no split)")
+    g.add_argument("--data_output_path", type=str, default="/tmp/data_files/",
+                   help="cache of split indices and tokenized sets; must be node-local (built by each node's local "
+                        "rank 0)")
+    g.add_argument("--max_seq_len", type=int, default=512,
+                   help="tokens per sample: longer samples are truncated (and, unless --dynamic_padding or "
+                        "--packing, shorter ones padded to it)")
+    g.add_argument("--add_eot_token", action="store_true",
+                   help="add --eot_token to the tokenizer as a special token")
+    g.add_argument("--eot_token", type=str, default="<|endoftext|>", help="the end-of-text token --add_eot_token adds")
+
+
+def _model_flags(g) -> None:
+    g.add_argument("--model_name_or_path", type=str, required=True,
+                   help="the model to fine-tune: a local model folder or a Hugging Face hub id")
+    g.add_argument("--dropout", type=float, default=None,
+                   help="sets every dropout probability of the model's config; unset keeps the config's own")
+    g.add_argument("--lora_dim", type=int, default=0, help="LoRA rank; > 0 enables LoRA, 0 trains the full model")
+    g.add_argument("--lora_module_name", type=str, default="decoder.layers.",
+                   help="LoRA replaces the linear layers whose names contain this")
+    g.add_argument("--only_optimize_lora", action="store_true",
+                   help="train the LoRA weights only (the base weights frozen); needs --lora_dim > 0")
+    g.add_argument("--lora_learning_rate", type=float, default=5e-4, help="learning rate of the LoRA weights")
+    g.add_argument("--compute_fp32_loss", action="store_true",
+                   help="compute the loss on fp32 logits (steadier with fp16/bf16)")
+
+
+def _training_flags(g) -> None:
+    g.add_argument("--per_device_train_batch_size", type=int, default=16,
+                   help="training samples per rank per micro step")
+    g.add_argument("--per_device_eval_batch_size", type=int, default=16, help="evaluation samples per rank per batch")
+    g.add_argument("--learning_rate", type=float, default=1e-3,
+                   help="peak learning rate (AdamW, betas 0.9/0.95) of the weights LoRA does not cover")
+    g.add_argument("--weight_decay", type=float, default=0.0,
+                   help="AdamW weight decay (biases and norm weights get none)")
+    g.add_argument("--num_train_epochs", type=int, default=1, help="passes over the training set")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                   help="micro steps per optimizer step (global batch = per-device batch x this x ranks)")
+    g.add_argument("--lr_scheduler_type", type=str, default="cosine",
                    choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                            "constant_with_warmup"])
-    p.add_argument("--num_warmup_steps", type=int, default=0)
-    p.add_argument("--output_dir", type=str, default=None, help="where to save; nothing is saved when unset")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--local_rank", type=int, default=-1, help="set by the launcher")
-    p.add_argument("--gradient_checkpointing", action="store_true")
-    p.add_argument("--dropout", type=float, default=None, help="overrides every dropout key of the config")
-    p.add_argument("--offload", action="store_true",
+                            "constant_with_warmup"], help="learning-rate schedule (transformers.get_scheduler)")
+    g.add_argument("--num_warmup_steps", type=int, default=0, help="optimizer steps of linear warmup")
+    g.add_argument("--seed", type=int, default=1234,
+                   help="seeds the data splits and blend, and Python, numpy and torch (LoRA's initial weights)")
+    g.add_argument("--local_rank", type=int, default=-1, help="set by the launcher; leave it alone")
+    g.add_argument("--gradient_checkpointing", action="store_true",
+                   help="recompute activations in the backward pass (less memory, more compute)")
+    g.add_argument("--offload", action="store_true",
                    help="ZeRO-Offload: optimizer states and step on the CPU (DeepSpeedCPUAdam), and with stage 3 "
                         "the parameters too; needs --zero_stage 1, 2 or 3")
-    p.add_argument("--dtype", type=str, default="fp16", choices=DTYPES,
-                   help="fp16 or bf16 as in DeepSpeed-Chat; fp32 added for CPUs")
-    p.add_argument("--zero_stage", type=int, default=0)
-    p.add_argument("--lora_dim", type=int, default=0, help="LoRA rank; > 0 enables LoRA")
-    p.add_argument("--lora_module_name", type=str, default="decoder.layers.")
-    p.add_argument("--only_optimize_lora", action="store_true")
-    p.add_argument("--lora_learning_rate", type=float, default=5e-4)
-    p.add_argument("--compute_fp32_loss", action="store_true")
-    p.add_argument("--enable_tensorboard", action="store_true")
-    p.add_argument("--tensorboard_path", type=str, default="step1_tensorboard")
-    p.add_argument("--add_eot_token", action="store_true")
-    p.add_argument("--eot_token", type=str, default="<|endoftext|>")
-    p.add_argument("--print_loss", action="store_true", help="every rank prints its micro-step loss")
-    p.add_argument("--deepspeed_log_level", type=str, default=None, choices=["debug", "info", "warning", "error"],
-                   help="info brings back DeepSpeed's step= and throughput lines (2023 releases printed them)")
-    # sftlib additions (off by default, so a plain run behaves like the original)
-    p.add_argument("--seeded_sampler", action="store_true",
+    g.add_argument("--dtype", type=str, default="fp16", choices=DTYPES,
+                   help="training precision: fp16 or bf16 as in DeepSpeed-Chat; fp32 added for CPUs")
+    g.add_argument("--zero_stage", type=int, default=0,
+                   help="ZeRO stage: 0 off, 1 optimizer states, 2 + gradients, 3 + parameters partitioned over ranks")
+
+
+def _output_flags(g) -> None:
+    g.add_argument("--output_dir", type=str, default=None,
+                   help="where the fine-tuned model is saved (Hugging Face format); nothing is saved when unset")
+    g.add_argument("--enable_tensorboard", action="store_true", help="write TensorBoard logs")
+    g.add_argument("--tensorboard_path", type=str, default="step1_tensorboard", help="where TensorBoard logs go")
+    g.add_argument("--print_loss", action="store_true", help="every rank prints its micro-step loss")
+    g.add_argument("--deepspeed_log_level", type=str, default=None, choices=["debug", "info", "warning", "error"],
+                   help="DeepSpeed's log level: info brings back its step= and throughput lines (2023 releases "
+                        "printed them); unset keeps DeepSpeed's default")
+
+
+def _sftlib_flags(g) -> None:
+    g.add_argument("--seeded_sampler", action="store_true",
                    help="train order seeded by --seed, eval unshuffled (the original: torch's defaults, seed 0, "
                         "both shuffled)")
-    p.add_argument("--data_cache_timeout", type=float, default=7200.0,
-                   help="seconds a rank waits for its node's local rank 0 to build the dataset cache")
-    p.add_argument("--dist_timeout", type=float, default=default_pg_timeout.total_seconds() / 60,
-                   help="minutes a rank may wait in one collective (e.g. a barrier while rank 0 saves the model) "
-                        "before the process group's watchdog ends the job; default DeepSpeed's (10, or its "
-                        "DEEPSPEED_TIMEOUT variable)")
-    p.add_argument("--reshuffle_each_epoch", action="store_true",
+    g.add_argument("--reshuffle_each_epoch", action="store_true",
                    help="call sampler.set_epoch so each epoch sees a new order (the original repeats one order)")
-    p.add_argument("--save_steps", type=int, default=0, help="write a DeepSpeed checkpoint every N optimizer steps")
-    p.add_argument("--save_total_limit", type=int, default=None, help="keep only the newest N checkpoints")
-    p.add_argument("--checkpoint_dir", type=str, default=None, help="default: <output_dir>_checkpoints")
-    p.add_argument("--resume_from_checkpoint", type=str, default=None,
-                   help="a checkpoint folder (newest complete step) or one global_stepN inside it")
-    p.add_argument("--labels_2023", action="store_true", help="labels = input_ids, padding trained on (2023 code)")
-    p.add_argument("--mask_prompt", action="store_true",
+    g.add_argument("--data_cache_timeout", type=float, default=7200.0,
+                   help="seconds a rank waits for its node's local rank 0 to build the dataset cache")
+    g.add_argument("--dist_timeout", type=float, default=float(DS_TIMEOUT_MINUTES),
+                   help="minutes a rank may wait in one collective (e.g. a barrier while rank 0 saves the model) "
+                        "before the process group's watchdog ends the job; the default is DeepSpeed's (its "
+                        "DEEPSPEED_TIMEOUT variable, else 10)")
+    g.add_argument("--save_steps", type=int, default=0,
+                   help="write a DeepSpeed checkpoint every N optimizer steps (0: none)")
+    g.add_argument("--save_total_limit", type=int, default=None,
+                   help="keep only the newest N checkpoints; unset keeps all")
+    g.add_argument("--checkpoint_dir", type=str, default=None,
+                   help="where checkpoints go; unset: <output_dir>_checkpoints")
+    g.add_argument("--resume_from_checkpoint", type=str, default=None,
+                   help="a checkpoint folder (its newest complete step) or one global_stepN inside it")
+    g.add_argument("--labels_2023", action="store_true",
+                   help="labels = input_ids, padding trained on (the 2023 code's labels)")
+    g.add_argument("--mask_prompt", action="store_true",
                    help="loss on the response only (the original also trains on the prompt)")
-    p.add_argument("--dynamic_padding", action="store_true",
+    g.add_argument("--dynamic_padding", action="store_true",
                    help="pad each batch to its longest sample (a multiple of 8), not to --max_seq_len")
-    p.add_argument("--packing", nargs="?", const="auto", default=None,
+    g.add_argument("--packing", nargs="?", const="auto", default=None,
                    choices=("auto", "mask", "padding_free", "flatten"),
                    help="pack several samples per --max_seq_len row; attention stays within each sample. "
                         "auto (bare --packing): padding-free where the model's attention allows, else a 4-D mask")
-    p.add_argument("--data_weights", type=float, nargs="*", default=None,
-                   help="blend --data_path sets by these weights (default: in proportion to their sizes)")
-    p.add_argument("--loss_reduction", type=str, default="mean", choices=("mean", "token"),
+    g.add_argument("--data_weights", type=float, nargs="*", default=None,
+                   help="blend --data_path sets by these weights, one per entry; unset: in proportion to their sizes")
+    g.add_argument("--loss_reduction", type=str, default="mean", choices=("mean", "token"),
                    help="mean: each micro batch's loss is the mean over its own label tokens (DeepSpeed-Chat's); "
                         "token: every label token of the global batch (all accumulation steps, all ranks) "
                         "weighs the same")
-    p.add_argument("--chat_template", type=str, default=None,
+    g.add_argument("--chat_template", type=str, default=None,
                    help="a Jinja chat template FILE for messages data (replaces the tokenizer's; saved with it)")
-    p = deepspeed.add_config_arguments(p)
-    return p.parse_args(argv)
 
+
+def _deepspeed_flags(g) -> None:
+    """The flags ``deepspeed.add_config_arguments`` adds, with its names and defaults (a test compares them),
+    declared here so that building the parser needs no DeepSpeed import."""
+    g.add_argument("--deepspeed", action="store_true", help="accepted for launchers; DeepSpeed is always used")
+    g.add_argument("--deepspeed_config", type=str, default=None,
+                   help="refused: sftlib builds the DeepSpeed config from its own flags, as DeepSpeed-Chat does")
+    g.add_argument("--deepscale", action="store_true", help="DeepSpeed's deprecated --deepspeed")
+    g.add_argument("--deepscale_config", type=str, default=None, help="DeepSpeed's deprecated --deepspeed_config")
 
 
 # (flag, lowest allowed, highest allowed or None, what the range means); None values are skipped

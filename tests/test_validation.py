@@ -204,6 +204,74 @@ def test_on_a_simulated_gpu_host_the_cases_still_see_a_cpu(world, tmp_path, caps
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --dtype fp16 is not for a CPU")
 
 
+
+# --------------------------------------------------------------------------------------------
+# --help: every flag explained, with its default, and no DeepSpeed import before it
+# --------------------------------------------------------------------------------------------
+
+def flag_actions():
+    from sftlib.arguments import build_parser
+
+    return [a for a in build_parser()._actions if a.option_strings and a.dest != "help"]
+
+
+def test_every_flag_has_a_help_text():
+    actions = flag_actions()
+    assert len(actions) > 50
+    assert [a.option_strings[0] for a in actions if not (a.help or "").strip()] == []
+
+
+def test_help_shows_every_default_and_the_module_command():
+    from sftlib.arguments import shown_default
+
+    proc = run_cli([sys.executable, "-m", "sftlib.train", "--help"], env_extra={"COLUMNS": "1000"}, cpu=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m sftlib.train --model_name_or_path MODEL")
+    lines, flag = {}, None  # a flag's entry: its line and the deeper-indented lines under it
+    for line in proc.stdout.splitlines():
+        if line.startswith("  --"):
+            flag = line.split()[0]
+            lines[flag] = line.strip()
+        elif flag and line.startswith("    "):
+            lines[flag] += " " + line.strip()
+        else:
+            flag = None
+    for action in flag_actions():
+        line = lines[action.option_strings[0]]
+        if action.required:
+            assert line.endswith("(required)"), line
+        else:
+            assert line.endswith(f"(default: {shown_default(action.default)})"), line
+    assert "(default: 16)" in lines["--per_device_train_batch_size"] and "(default: 0.001)" in lines["--learning_rate"]
+
+
+def test_help_prints_no_deepspeed_warning_and_imports_no_deepspeed():
+    proc = run_cli([sys.executable, "-m", "sftlib.train", "--help"], cpu=False)  # DeepSpeed detects the accelerator
+    assert proc.returncode == 0 and "usage:" in proc.stdout
+    said = proc.stdout + proc.stderr
+    assert "Setting accelerator" not in said and "ds_accelerator" not in said, said[:500]
+    probe = ("import sys; from sftlib.arguments import build_parser, parse_args; build_parser(); "
+             "parse_args(['--model_name_or_path', 'x']); print(sorted(m for m in sys.modules if 'deepspeed' in m))")
+    proc = run_cli([sys.executable, "-c", probe], cpu=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_deepspeeds_own_flags_are_declared_as_deepspeed_declares_them():
+    """sftlib declares ``deepspeed.add_config_arguments``' flags itself (no import before --help): the same
+    flags, destinations, defaults, types and kinds as DeepSpeed's."""
+    import argparse
+
+    import deepspeed
+
+    def shape(actions):
+        return {a.dest: (tuple(a.option_strings), a.default, a.type, a.nargs, a.const, type(a).__name__)
+                for a in actions if a.dest != "help"}
+
+    theirs = shape(deepspeed.add_config_arguments(argparse.ArgumentParser())._actions)
+    ours = shape(flag_actions())
+    assert len(theirs) == 4 and {k: ours.get(k) for k in theirs} == theirs
+
+
 if __name__ == "__main__":  # the table: input, one-line error
     import os
     import tempfile
