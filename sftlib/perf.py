@@ -198,7 +198,11 @@ class StepMeter:
     time they took: one clock for every rate, so samples/s, tokens/s and TFLOPs of a log line are
     all over the same span. ``pause`` stops the clock (an evaluation between epochs, a checkpoint
     save) and ``resume`` restarts it, so an optimizer step that spans two epochs counts its own
-    micro batches' time only."""
+    micro batches' time only.
+
+    ``add`` never waits for the device: what only the batch's tensors know (a 2-D mask's real tokens,
+    packed rows' samples and attention) is summed there, and ``report`` brings it to the host once, after
+    the device's queued work is done, so the span's clock stops when the GPU has finished it."""
 
     def __init__(self, model_or_config, gradient_checkpointing: bool = False, world_size: int = 1):
         self.dims = model_or_config if isinstance(model_or_config, ModelDims) else model_dims(model_or_config)
@@ -206,11 +210,15 @@ class StepMeter:
         self.trainable = trainable_flops(model_or_config) if is_model else None  # LoRA / frozen weights
         self.checkpointing = gradient_checkpointing
         self.world_size = world_size
+        self.per_pair = _flop_terms(self.dims, gradient_checkpointing, self.trainable)[1]
         self.reset()
 
     def reset(self) -> None:
         """Clear the counts and start a new span now."""
-        self.samples, self.tokens, self.real_tokens, self.flops = 0, 0, 0, 0.0
+        self.tokens = 0
+        self._host = {"samples": 0, "real_tokens": 0, "flops": 0.0, "pairs": 0}
+        self._device: dict[str, torch.Tensor] = {}  # counts still on the batches' device
+        self._last_device = None
         self.seconds, self.t0 = 0.0, time.time()
 
     def pause(self) -> None:
@@ -228,27 +236,58 @@ class StepMeter:
         """Seconds counted in this span so far."""
         return self.seconds + (time.time() - self.t0 if self.t0 is not None else 0.0)
 
-    def add(self, batch: dict, real_tokens: int | None = None) -> None:
+    def _count(self, name: str, value) -> None:
+        if isinstance(value, torch.Tensor):  # stays on its device: no host sync
+            self._device[name] = self._device[name] + value if name in self._device else value
+        else:
+            self._host[name] += value
+
+    def add(self, batch: dict, real_tokens: int | torch.Tensor | None = None) -> None:
         """Count one micro batch (``input_ids`` of shape batch x padded length; packed rows count their
-        samples); ``real_tokens``: its non-padding tokens, when the caller knows them."""
-        b, s = batch["input_ids"].shape[:2]
+        samples and each sample's own attention); ``real_tokens``: its non-padding tokens, when the
+        caller knows them (an int, or a tensor on any device). Reads no tensor's value on the host."""
+        ids = batch["input_ids"]
+        b, s = ids.shape[:2]
+        self._last_device = ids.device
         mask = batch.get("attention_mask")
         packed = "position_ids" in batch and (mask is None or mask.dim() == 4)
-        self.samples += packed_samples(batch) if packed else b
+        self._count("samples", packed_samples_tensor(batch) if packed else b)
         self.tokens += b * s  # padded tokens: what the device computes on (the model may rewrite the mask)
-        self.real_tokens += real_tokens if real_tokens is not None else (
-            int(mask.sum()) if mask is not None and mask.dim() == 2 else b * s)
-        attended = int(attended_pairs(batch["position_ids"])) if packed else None  # block-diagonal attention
-        self.flops += train_flops(self.dims, b, s, self.checkpointing, self.trainable, attended)
+        self._count("real_tokens", real_tokens if real_tokens is not None else (
+            mask.sum() if mask is not None and mask.dim() == 2 else b * s))
+        if packed:  # block-diagonal attention: the pairs are counted on the device
+            self._count("flops", train_flops(self.dims, b, s, self.checkpointing, self.trainable, attended=0))
+            self._count("pairs", attended_pairs(batch["position_ids"]))
+        else:
+            self._count("flops", train_flops(self.dims, b, s, self.checkpointing, self.trainable))
+
+    def totals(self) -> dict:
+        """This span's ``samples``, ``tokens``, ``real_tokens`` and ``flops`` as Python numbers: the
+        device's counts come to the host here, in one transfer, once the device's queued work is done."""
+        if self._last_device is not None and self._last_device.type != "cpu":
+            torch.accelerator.synchronize(self._last_device)
+        out = dict(self._host, tokens=self.tokens)
+        if self._device:
+            names, first = list(self._device), next(iter(self._device.values()))
+            values = torch.stack([self._device[n].reshape(()).to(first.device, torch.int64) for n in names])
+            for name, value in zip(names, values.tolist()):
+                out[name] += value
+        out["flops"] = out["flops"] + self.per_pair * out.pop("pairs")
+        return out
+
+    samples = property(lambda self: self.totals()["samples"], doc="Samples counted so far (a host sync).")
+    real_tokens = property(lambda self: self.totals()["real_tokens"], doc="Real tokens so far (a host sync).")
+    flops = property(lambda self: self.totals()["flops"], doc="FLOPs counted so far (a host sync).")
 
     def report(self) -> dict:
         """Rates over this span (samples/s and tokens/s for all ranks, TFLOPs per device, ``seconds``
-        the span itself); then a new span starts."""
+        the span itself); then a new span starts. The one host sync of a span."""
+        counts = self.totals()  # first: the clock stops after the device has finished the span's work
         seconds = max(self.elapsed(), 1e-9)
-        out = {"samples_per_s": self.samples * self.world_size / seconds,
-               "tokens_per_s": self.real_tokens * self.world_size / seconds,
-               "padded_tokens_per_s": self.tokens * self.world_size / seconds,
-               "tflops": tflops(self.flops, seconds), "seconds": seconds}
+        out = {"samples_per_s": counts["samples"] * self.world_size / seconds,
+               "tokens_per_s": counts["real_tokens"] * self.world_size / seconds,
+               "padded_tokens_per_s": counts["tokens"] * self.world_size / seconds,
+               "tflops": tflops(counts["flops"], seconds), "seconds": seconds}
         self.reset()
         return out
 

@@ -155,6 +155,73 @@ def test_padded_and_dynamic_batches_count_the_whole_row(world, toy_sets):
     assert meter.samples == 6 and meter.real_tokens == sum(int(dyn[i]["attention_mask"].sum()) for i in range(6))
 
 
+def _old_counts(batch, real_tokens=None):
+    """The meter's counts as add() computed them before it kept them on the device (host syncs and all)."""
+    from sftlib.constants import IGNORE_INDEX
+
+    b, s = batch["input_ids"].shape[:2]
+    mask = batch.get("attention_mask")
+    samples = b
+    if "position_ids" in batch and (mask is None or mask.dim() == 4):
+        samples = int((batch["position_ids"] == 0).sum())
+        for row_pos, row_lab in zip(batch["position_ids"], batch["labels"]):
+            last = int((row_pos == 0).nonzero().max())
+            samples -= int(last > 0 and bool((row_lab[last:] == IGNORE_INDEX).all()))
+    real = real_tokens if real_tokens is not None else int(mask.sum()) if mask is not None and mask.dim() == 2 \
+        else b * s
+    return samples, b * s, real
+
+
+HOST_READS = ("item", "tolist", "numpy", "__int__", "__float__", "__bool__", "__index__")
+
+
+@pytest.fixture()
+def host_reads(monkeypatch):
+    """Counts every conversion of a tensor's value to a Python number (what syncs a GPU with the host)."""
+    seen = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            seen.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return seen
+
+
+def test_add_reads_no_tensor_on_the_host_and_report_converts_once(world, toy_sets, host_reads, monkeypatch):
+    """Several micro batches of real toy rows (dynamic padding, each packing layout, a tensor token count):
+    add() converts nothing; report() gives the rates the old per-micro-step counts give."""
+    from transformers import AutoConfig
+
+    from sftlib.collate import DynamicPaddingCollator, PackingCollator
+
+    tok, dyn, packed = toy_sets
+    clock = [0.0]
+    monkeypatch.setattr(perf.time, "time", lambda: clock[0])
+    batches = [(DynamicPaddingCollator(tok.pad_token_id)([dyn[i] for i in range(5)]), False)]
+    for mode in ("mask", "padding_free", "flatten"):
+        batches.append((PackingCollator(tok.pad_token_id, mode=mode)([packed[i] for i in range(3)]), True))
+    expected = [0, 0, 0]
+    for batch, given in batches:
+        n_tokens = batch.pop("num_tokens", None) if given else None
+        for i, value in enumerate(_old_counts(batch, None if n_tokens is None else int(n_tokens))):
+            expected[i] += value
+        batch["n_tokens"] = n_tokens
+    host_reads.clear()
+    meter = perf.StepMeter(perf.model_dims(AutoConfig.from_pretrained(world["opt"])))
+    for batch, _ in batches:
+        meter.add(batch, batch.pop("n_tokens"))  # the packing collator's count: a tensor, never converted
+    assert host_reads == [], f"add() read tensors on the host: {host_reads}"
+    clock[0] = 2.0
+    rates = meter.report()
+    assert len(host_reads) == 1, f"one conversion per report, not {host_reads}"
+    samples, padded, real = expected
+    assert rates["samples_per_s"] == samples / 2 and rates["padded_tokens_per_s"] == padded / 2
+    assert rates["tokens_per_s"] == real / 2
+
+
 def _autograd_flops(model, ids) -> float:
     """What torch's own FlopCounterMode sees autograd run: forward plus backward matmuls."""
     from torch.utils.flop_counter import FlopCounterMode
