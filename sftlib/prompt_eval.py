@@ -98,8 +98,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 100, ba
              strategy: str = "greedy", **kwargs) -> list[str]:
     """The continuation of each prompt (special tokens removed).
 
-    Greedy, beam and multinomial run through ``model.generate`` in batches with left padding;
-    diverse beam and contrastive search use sftlib.decoding, one prompt at a time.
+    Greedy, beam and multinomial run through ``model.generate`` in batches with left padding (greedy
+    even where the model's generation config samples); diverse beam and contrastive search use
+    sftlib.decoding, one prompt at a time.
     """
     from sftlib import decoding
 
@@ -115,6 +116,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 100, ba
                                                     eos_token_id=tokenizer.eos_token_id, **kwargs)
             out += [tokenizer.decode(s[ids.shape[1]:], skip_special_tokens=True) for s in seqs]
         return out
+    if strategy == "greedy":
+        kwargs.setdefault("do_sample", False)
     for i in range(0, len(prompts), batch_size):
         enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True).to(model.device)
         ids = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,

@@ -41,6 +41,21 @@ def test_contrastive_with_alpha_zero_is_greedy(tiny):
     assert greedy == contrastive
 
 
+def test_greedy_is_greedy_where_the_generation_config_samples(world):
+    import torch
+
+    model, tok = prompt_eval.load_model(str(world["opt"]))
+    prompt = ["\n\nHuman: What is the opposite of hot?\n\nAssistant:"]
+    expected = generate(model, tok, prompt, max_new_tokens=8)
+    model.generation_config.do_sample, model.generation_config.top_k = True, 0
+    sampled = set()
+    for seed in range(3):
+        torch.manual_seed(seed)
+        assert generate(model, tok, prompt, max_new_tokens=8) == expected
+        sampled.add(generate(model, tok, prompt, max_new_tokens=8, strategy="multinomial")[0])
+    assert sampled != {expected[0]}, "the config does sample when asked to"
+
+
 def test_exact_match_scores_what_it_says(tiny):
     model, tok = tiny
     prompt = "\n\nHuman: What is the opposite of hot?\n\nAssistant:"

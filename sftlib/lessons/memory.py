@@ -103,8 +103,7 @@ def plan_memory(params: int, n_gpus: int = 1, zero_stage: int = 3, offload_optim
     LoRA's count for a LoRA run with ``--only_optimize_lora``. Against DeepSpeed's estimators: the
     same numbers for ZeRO-2 and for ZeRO-3 with offload; for ZeRO-3 without offload DeepSpeed
     charges 18 bytes / GPUs per parameter (no 16-bit weight shard, a whole fp32 gradient shard), so
-    the two differ by 2/GPUs bytes per parameter, minus the sub-group saving. Explained in
-    notebooks/04_zero3_saving.ipynb.
+    the two differ by 2/GPUs bytes per parameter, minus the sub-group saving.
     """
     g = n_gpus
     t = params if trainable is None else trainable
