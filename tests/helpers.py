@@ -1,4 +1,4 @@
-"""What several test modules share: the repository root, the launcher, and a clean subprocess.
+"""What several test modules share: the repository root, the launcher, a clean subprocess, a toy run's argv.
 
 The suite is a CPU suite, on a GPU host too: every job a test launches gets ``CPU_ONLY`` in its
 environment. ``DS_ACCELERATOR=cpu`` is what decides (``sftlib.dist.accelerator_name`` and DeepSpeed's
@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from sftlib.dist import launcher_free_env
+from sftlib.lessons.train_args import train_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEEPSPEED = os.path.join(os.path.dirname(sys.executable), "deepspeed")  # the launcher of this environment
@@ -23,6 +24,12 @@ CPU_ONLY = {"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
 def cpu_env(extra: dict | None = None) -> dict:
     """``launcher_free_env`` (no rank variables of this process, one thread) on the CPU, plus ``extra``."""
     return launcher_free_env({**CPU_ONLY, **(extra or {})})
+
+
+def toy_train_args(world, out, **overrides) -> list[str]:
+    """A short ``sftlib.train`` run of the toy OPT on the toy data, in the run folder ``out`` (model in
+    ``out/model``): ``train_args`` with 48-token samples, each keyword a flag (see its docstring)."""
+    return train_args(world["opt"], world["data"], out, **{"max_seq_len": 48, **overrides})
 
 
 def run_cli(args, env_extra=None, timeout=600, cpu=True):

@@ -15,27 +15,12 @@ import argparse
 import time
 from pathlib import Path
 
-DEMO_TRAIN_ARGS = [  # DeepSpeed-Chat's names; values sized for a 2-core CPU
-    "--data_split", "10,0,0",  # the whole toy set for phase 1 (default 2,4,4 keeps 20% for SFT)
-    "--max_seq_len", "64",  # toy prompts are short (real runs: 512)
-    "--per_device_train_batch_size", "16",
-    "--per_device_eval_batch_size", "32",
-    "--learning_rate", "1e-3",
-    "--num_train_epochs", "8",
-    "--num_warmup_steps", "0",
-    "--lr_scheduler_type", "cosine",
-    "--zero_stage", "0",
-    "--dtype", "fp32",  # sftlib refuses fp16 on a CPU; bf16 works but is much slower than fp32 on common CPUs
-    "--seed", "1234",
-    "--seeded_sampler",  # the batch order follows --seed (without it: torch's default order, seed 0)
-]
+from sftlib.lessons.train_args import demo_args
 
 
 def demo_train_args(paths: dict, out: Path) -> list[str]:
-    """The full command line of the demo's training run."""
-    return ["--model_name_or_path", str(paths["opt"]), "--data_path", str(paths["data"]),
-            "--data_output_path", str(out / "data_files"), "--output_dir", str(out / "model"),
-            *DEMO_TRAIN_ARGS]
+    """The full command line of the demo's training run: ``train_args.demo_args`` on the toy OPT and data."""
+    return demo_args(paths["opt"], paths["data"], out)
 
 
 def train_for_page(argv: list[str], every: int = 24):

@@ -70,15 +70,13 @@ def test_messages_train_on_two_ranks_with_zero3_and_reload_with_the_template(wor
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sftlib.dist import free_port
-    from tests.helpers import DEEPSPEED, run_cli
+    from tests.helpers import DEEPSPEED, run_cli, toy_train_args
 
-    out = tmp_path / "sft"
-    proc = run_cli([DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "--module", "sftlib.train",
-                    "--model_name_or_path", str(world["opt"]), "--data_path", f"messages={world['chat']}",
-                    "--chat_template", str(world["chat"] / "chat_template.jinja"), "--data_split", "10,0,0",
-                    "--data_output_path", str(tmp_path / "data"), "--max_seq_len", "96", "--zero_stage", "3",
-                    "--per_device_train_batch_size", "8", "--dtype", "fp32", "--dynamic_padding",
-                    "--learning_rate", "1e-3", "--output_dir", str(out)])
+    out = tmp_path / "model"
+    argv = toy_train_args(world, tmp_path, data_path=f"messages={world['chat']}", max_seq_len=96, zero_stage=3,
+                          chat_template=world["chat"] / "chat_template.jinja", per_device_train_batch_size=8,
+                          dynamic_padding=True, learning_rate="1e-3")
+    proc = run_cli([DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "--module", "sftlib.train", *argv])
     assert proc.returncode == 0, proc.stderr[-3000:]
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.chat_template == (world["chat"] / "chat_template.jinja").read_text()
