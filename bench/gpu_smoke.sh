@@ -17,7 +17,8 @@
 #    fp16 ZeRO-0; bf16 ZeRO-2; bf16 ZeRO-3 + LoRA + gradient checkpointing; padding-free packing (sdpa, and
 #    FlashAttention when flash_attn is installed); SIGKILL mid-run + resume compared with the uninterrupted
 #    fp16 run (per-step losses, and weights relative to how far training moved them); prompt_eval on the
-#    GPU in bf16; notebook 06's hybrid-engine demo. Models: ~125M parameters from OPT-125m's (and a
+#    GPU in bf16; notebook 06's hybrid-engine lesson (it generates, or refuses in one line where the pinned
+#    transformers cannot take DeepSpeed's inference layer). Models: ~125M parameters from OPT-125m's (and a
 #    same-size Llama's) configuration with the toy tokenizer.
 # 4. One table: samples/s, TFLOPs per device, MFU against PEAK_TFLOPS (H200/H100 bf16 dense: 989), peak
 #    GPU memory (nvidia-smi, sampled), result. Exit status 0 when no row failed or ran out of time.
@@ -198,7 +199,9 @@ if (( BF16 )); then
 else
     skip prompt_eval_gpu "bf16 needs compute capability 8.0+ (see the preflight)"
 fi
-row hybrid_engine "$PY" -m sftlib.lessons.hybrid_engine --model_name_or_path "$OPT" --dtype fp16
+# The hybrid-engine lesson: it generates, or (deepspeed 0.19.8 with transformers 5.24) refuses in one line
+# before DeepSpeed compiles anything; a traceback fails the row.
+row hybrid_engine "$PY" bench/gpu_smoke_tools.py hybrid "$OPT" --dtype fp16
 
 if (( DRY )); then
     say "$PY bench/gpu_smoke_tools.py table $OUT $PEAK"

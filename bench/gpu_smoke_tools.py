@@ -5,6 +5,8 @@ run, print the table.
     python bench/gpu_smoke_tools.py models OUT          # OUT/opt-125m, OUT/llama-125m (+ OUT/llama-125m-fa)
     python bench/gpu_smoke_tools.py compare REF GOT --initial INIT --log RESUME_LOG
                                                         # a killed-and-resumed run against the uninterrupted one
+    python bench/gpu_smoke_tools.py hybrid MODEL --dtype D
+                                                        # the hybrid-engine lesson: generates, or refuses in one line
     python bench/gpu_smoke_tools.py table OUT [PEAK]    # one row per OUT/*.row.json (+ its log and memory trace)
 
 The models are OPT-125m's and a Llama of the same size's configurations with fresh weights and the
@@ -224,6 +226,38 @@ def compare(ref: str, got: str, initial: str, log: str | None = None, **toleranc
     return 0 if all(ok for ok, _ in checks) else 1
 
 
+# ---------------------------------------------------------------------------------------------- hybrid engine
+
+REFUSAL = "error: the hybrid engine cannot run "  # sftlib.lessons.hybrid_engine.check_injection's line
+
+
+def hybrid_command(model: str, dtype: str, python: str | None = None) -> list[str]:
+    """The lesson's command line, as the row runs it."""
+    return [python or sys.executable, "-m", "sftlib.lessons.hybrid_engine", "--model_name_or_path", model,
+            "--dtype", dtype]
+
+
+def hybrid_verdict(returncode: int, stdout: str, stderr: str) -> tuple[bool, str]:
+    """Did the lesson behave? It generates (exit 0), or, where the model cannot take DeepSpeed's inference
+    layer (the pinned versions), refuses in one line with exit 2 before DeepSpeed starts. Anything
+    else, a traceback above all, fails."""
+    err = stderr.strip().splitlines()
+    if returncode == 0 and "DeepSpeedHybridEngine generated: " in stdout:
+        return True, "generated through DeepSpeed's inference kernels"
+    if returncode == 2 and len(err) == 1 and err[0].startswith(REFUSAL):
+        return True, "refused in one line before DeepSpeed started: " + err[0].removeprefix("error: ")[:110] + " ..."
+    return False, f"exit status {returncode}, {len(err)} stderr line(s); last: {(err or [''])[-1][:120]}"
+
+
+def hybrid(model: str, dtype: str) -> int:
+    """Run the lesson once and print what it did (``hybrid_verdict``) as the last line; 0 when it behaved."""
+    cmd = hybrid_command(model, dtype)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    ok, line = hybrid_verdict(proc.returncode, proc.stdout, proc.stderr)
+    print(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}{'PASS' if ok else 'FAIL'} {line}")
+    return 0 if ok else 1
+
+
 # ---------------------------------------------------------------------------------------------- table
 
 def memory_mib(text: str) -> list[float]:
@@ -294,6 +328,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--weight_rtol", type=float, default=WEIGHT_RTOL)
     c.add_argument("--tensor_rtol", type=float, default=TENSOR_RTOL)
     c.add_argument("--loss_rtol", type=float, default=LOSS_RTOL)
+    h = sub.add_parser("hybrid", help="the hybrid-engine lesson on the GPU: generates, or refuses in one line")
+    h.add_argument("model")
+    h.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
     t = sub.add_parser("table", help="one markdown row per OUT/*.row.json")
     t.add_argument("out")
     t.add_argument("peak_tflops", nargs="?", type=float, default=989.0)
@@ -307,6 +344,8 @@ def main(argv=None) -> int:
     if args.command == "models":
         make_models(args.out)
         return 0
+    if args.command == "hybrid":
+        return hybrid(args.model, args.dtype)
     if args.command == "compare":
         return compare(args.ref, args.got, args.initial, args.log, weight_rtol=args.weight_rtol,
                        tensor_rtol=args.tensor_rtol, loss_rtol=args.loss_rtol)

@@ -8,7 +8,8 @@ CPU backend" deep in a traceback. Print a config::
     python -m sftlib.ds_config --zero_stage 3             # the config step 1 would use
     python -m sftlib.ds_config --enable_hybrid_engine     # CPU: one sentence, exit 2
 
-The hybrid engine at work is a lesson: ``python -m sftlib.lessons.hybrid_engine`` (CUDA only).
+The hybrid engine at work is a lesson: ``python -m sftlib.lessons.hybrid_engine`` (CUDA only; with the
+pinned deepspeed 0.19.8 and transformers 5.24 it refuses OPT in one line there too, and says why).
 
 Explained in notebooks/06_hybrid_engine_and_logs.ipynb.
 """

@@ -65,8 +65,8 @@ def test_helper_commands_parse_and_the_resume_check_compares_the_right_runs(comm
 
     helpers = [gpu_smoke_tools.parse_args(_after(c, "bench/gpu_smoke_tools.py"))
                for c in commands if "bench/gpu_smoke_tools.py" in c]
-    assert [h.command for h in helpers] == ["preflight", "models", "compare", "table"]
-    models, compare, table = helpers[1], helpers[2], helpers[3]
+    assert [h.command for h in helpers] == ["preflight", "models", "compare", "hybrid", "table"]
+    models, compare, hybrid, table = helpers[1], helpers[2], helpers[3], helpers[4]
     trains = [parse_args(_after(c, "sftlib.train")) for c in commands if "sftlib.train" in c]
     uninterrupted = next(a for a in trains if a.output_dir.endswith("fp16_zero0"))
     resumed = next(a for a in trains if a.resume_from_checkpoint)
@@ -75,6 +75,7 @@ def test_helper_commands_parse_and_the_resume_check_compares_the_right_runs(comm
     out = os.path.dirname(models.out)
     assert compare.log == f"{out}/resume.log", "the resume row's log (row NAME writes OUT/NAME.log)"
     assert table.out == out and table.peak_tflops == 989 and uninterrupted.model_name_or_path.startswith(models.out)
+    assert hybrid.model == uninterrupted.model_name_or_path, "the hybrid-engine lesson runs the ~125M OPT"
     toys = [c for c in commands if "sftlib.lessons.toy" in c]
     assert len(toys) == 1 and _after(toys[0], "--models") == ["opt", "llama"]
 
@@ -86,16 +87,38 @@ def test_prompt_eval_hybrid_engine_and_every_command_is_known(commands, monkeypa
 
     evals = [prompt_eval.parse_args(_after(c, "sftlib.prompt_eval")) for c in commands if "sftlib.prompt_eval" in c]
     assert len(evals) == 1 and evals[0].dtype == "bf16"
-    hybrid = [c for c in commands if "sftlib.lessons.hybrid_engine" in c]
+    helpers = [_after(c, "bench/gpu_smoke_tools.py") for c in commands if "bench/gpu_smoke_tools.py" in c]
+    hybrid = [gpu_smoke_tools.parse_args(h) for h in helpers if h[0] == "hybrid"]
     assert len(hybrid) == 1
+    lesson = gpu_smoke_tools.hybrid_command(hybrid[0].model, hybrid[0].dtype)
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # a CPU, on a GPU host too
     with pytest.raises(SFTError, match="CUDA"):  # parsed, then refused on a CPU before anything is loaded
-        hybrid_engine.main(_after(hybrid[0], "sftlib.lessons.hybrid_engine"))
-    known = ("sftlib.train", "sftlib.prompt_eval", "sftlib.lessons.hybrid_engine", "sftlib.lessons.toy",
-             "bench/gpu_smoke_tools.py")
+        hybrid_engine.main(_after(lesson, "sftlib.lessons.hybrid_engine"))
+    known = ("sftlib.train", "sftlib.prompt_eval", "sftlib.lessons.toy", "bench/gpu_smoke_tools.py")
     assert all(any(k in c for k in known) or c[0] == "test" for c in commands), "a command no test parses"
     checks = [c for c in commands if c[0] == "test"]
     assert len(checks) == 1 and checks[0][1] == "-f" and checks[0][-3:-1] == ["!", "-e"], "kill before the final save"
+
+
+def test_the_hybrid_row_passes_a_one_line_refusal_or_a_generation_and_nothing_else(world):
+    """The row's verdict on the lesson's real refusal line (made here from the toy OPT, as the GPU run makes
+    it), on a generation, and on what must fail: DeepSpeed's traceback, a refusal among other lines, the CPU's."""
+    from transformers import AutoModelForCausalLM
+
+    from sftlib.errors import SFTError
+    from sftlib.lessons import hybrid_engine
+
+    with pytest.raises(SFTError) as refused:
+        hybrid_engine.check_injection(AutoModelForCausalLM.from_pretrained(world["opt"]))
+    line = f"error: {refused.value}\n"
+    ok, text = gpu_smoke_tools.hybrid_verdict(2, "", line)
+    assert ok and text.startswith("refused in one line before DeepSpeed started: the hybrid engine cannot run"), text
+    assert gpu_smoke_tools.hybrid_verdict(0, "DeepSpeedHybridEngine generated: 'hi'\n", "")[0]
+    traceback = "Traceback (most recent call last):\n  ...\nAttributeError: 'tuple' object has no attribute 'size'\n"
+    assert gpu_smoke_tools.hybrid_verdict(1, "", traceback) == (
+        False, "exit status 1, 3 stderr line(s); last: AttributeError: 'tuple' object has no attribute 'size'")
+    assert not gpu_smoke_tools.hybrid_verdict(2, "", "[WARNING] something first\n" + line)[0], "one line only"
+    assert not gpu_smoke_tools.hybrid_verdict(2, "", "error: the hybrid engine needs a CUDA GPU ...\n")[0]
 
 
 # ------------------------------------------------------------------------------ preflight

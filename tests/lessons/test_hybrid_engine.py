@@ -1,4 +1,5 @@
-"""sftlib.lessons.hybrid_engine: refused in one sentence on a CPU before anything loads; on a GPU it runs."""
+"""sftlib.lessons.hybrid_engine: refused in one sentence on a CPU before anything loads, and on a CUDA machine
+before DeepSpeed starts where the pinned transformers cannot take DeepSpeed's inference layer (simulated here)."""
 
 import pytest
 import torch
@@ -38,10 +39,68 @@ def test_cli_on_cpu_prints_one_sentence_and_exits_2(capsys, monkeypatch):
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: the hybrid engine needs a CUDA GPU"), err
 
 
+@pytest.fixture()
+def cuda_simulated(monkeypatch):
+    """A CUDA machine as the lesson's checks see it, on which DeepSpeed must never start (nor compile)."""
+    import deepspeed
+    from deepspeed.ops.op_builder import InferenceBuilder
+
+    import sftlib.ds_config
+
+    def never(*args, **kwargs):
+        raise AssertionError("DeepSpeed started: the refusal came too late")
+
+    monkeypatch.setattr(sftlib.ds_config, "accelerator_name", lambda: "cuda")
+    monkeypatch.setattr(deepspeed, "initialize", never)
+    monkeypatch.setattr(InferenceBuilder, "load", never)  # the nvcc build of the inference kernels
+    monkeypatch.setattr(hybrid_engine, "init_distributed", never)
+    monkeypatch.delenv("RANK", raising=False)  # cli.run prints on rank 0 only
+
+
+def test_pinned_opt_is_refused_in_one_line_on_a_cuda_machine(world, capsys, cuda_simulated):
+    import deepspeed
+    import transformers
+
+    with pytest.raises(SystemExit) as exited:
+        run(hybrid_engine.main, ["--model_name_or_path", str(world["opt"])])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: the hybrid engine cannot run OPTDecoderLayer with transformers "
+                          f"{transformers.__version__} and deepspeed {deepspeed.__version__}: "), err
+    assert "cache_position or past_key_values" in err and "transformers<=5.18 works" in err
+    assert "Traceback" not in err and "AttributeError" not in err
+
+
+def test_the_probe_tells_tensor_decoders_from_tuple_decoders(world):
+    """DeepSpeed's tuple return breaks OPT and Llama (each layer's output goes on as a tensor), not GPT-Neo
+    (its decoder takes element 0 of each block's tuple); the model's own forward is back afterwards."""
+    from transformers import GPTNeoConfig
+
+    for name in ("opt", "llama"):
+        model = AutoModelForCausalLM.from_pretrained(world[name]).eval()
+        ids = torch.tensor([[5, 6, 7]])
+        before = model(input_ids=ids).logits
+        assert hybrid_engine.tuple_breaks(model, hybrid_engine.inference_blocks(model))
+        assert torch.equal(model(input_ids=ids).logits, before), "the blocks' own forward restored"
+        with pytest.raises(SFTError, match="cannot run .*DecoderLayer"):
+            hybrid_engine.check_injection(model)
+    neo = AutoModelForCausalLM.from_config(GPTNeoConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2,
+                                                        attention_types=[[["global"], 2]], bos_token_id=0,
+                                                        eos_token_id=0))
+    assert hybrid_engine.inference_blocks(neo) == {"GPTNeoBlock": ("HFGPTNEOLayerPolicy", 2)}
+    assert not hybrid_engine.tuple_breaks(neo, {"GPTNeoBlock"})
+    hybrid_engine.check_injection(neo)  # nothing to refuse: DeepSpeed's tuples fit this decoder
+
+
 @pytest.mark.skipif(ON_CPU, reason="the hybrid engine's inference kernels need a CUDA GPU")
-def test_trains_one_step_then_generates_on_a_gpu(world, capsys):
-    engine, text = hybrid_engine.run_hybrid_engine(get_train_ds_config(offload=False, dtype="fp16",
-                                                                       enable_hybrid_engine=True), str(world["opt"]))
+def test_on_a_gpu_it_generates_or_refuses_before_deepspeed_starts(world, capsys):
+    config = get_train_ds_config(offload=False, dtype="fp16", enable_hybrid_engine=True)
+    model = AutoModelForCausalLM.from_pretrained(world["opt"])
+    if hybrid_engine.tuple_breaks(model, hybrid_engine.inference_blocks(model)):  # the pinned versions
+        with pytest.raises(SFTError, match="cannot run OPTDecoderLayer"):
+            hybrid_engine.run_hybrid_engine(config, str(world["opt"]))
+        return
+    engine, text = hybrid_engine.run_hybrid_engine(config, str(world["opt"]))
     assert type(engine).__name__ == "DeepSpeedHybridEngine"
     assert "What is the opposite of hot?" in text, "generate returns the prompt and what follows it"
     hybrid_engine.main(["--model_name_or_path", str(world["opt"]), "--max_new_tokens", "4"])
