@@ -17,8 +17,9 @@
 #    fp16 ZeRO-0; bf16 ZeRO-2; bf16 ZeRO-3 + LoRA + gradient checkpointing; padding-free packing (sdpa, and
 #    FlashAttention when flash_attn is installed); SIGKILL mid-run + resume compared with the uninterrupted
 #    fp16 run (per-step losses, and weights relative to how far training moved them); prompt_eval on the
-#    GPU in bf16; notebook 06's hybrid-engine lesson (it generates, or refuses in one line where the pinned
-#    transformers cannot take DeepSpeed's inference layer). Models: ~125M parameters from OPT-125m's (and a
+#    GPU in its own precision (bf16, or fp16 below sm_80: sftlib.ds_config.half_dtype, the notebooks' rule);
+#    notebook 06's hybrid-engine lesson (it generates, or refuses in one line where the pinned transformers
+#    cannot take DeepSpeed's inference layer). Models: ~125M parameters from OPT-125m's (and a
 #    same-size Llama's) configuration with the toy tokenizer.
 # 4. One table: samples/s, TFLOPs per device, MFU against PEAK_TFLOPS (H200/H100 bf16 dense: 989), peak
 #    GPU memory (nvidia-smi, sampled), result. Exit status 0 when no row failed or ran out of time.
@@ -37,6 +38,7 @@ PEAK=${PEAK_TFLOPS:-989}
 BUDGET=${SMOKE_BUDGET:-480}
 ROWS=0
 BF16=1
+GPU_DTYPE=bf16  # the preflight's "dtype:" line (fp16 below compute capability 8.0), as the notebooks choose
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 DATA=(--data_path toy_world/data --data_split 10,0,0 --data_output_path "$OUT/cache")
 TRAIN=(--num_train_epochs 1 --learning_rate 1e-4 --deepspeed_log_level info)
@@ -86,6 +88,8 @@ if (( ! DRY )); then
     "$PY" bench/gpu_smoke_tools.py preflight | tee "$OUT/preflight.txt"
     (( PIPESTATUS[0] == 0 )) || exit 2
     grep -q '^bf16: yes' "$OUT/preflight.txt" || BF16=0
+    GPU_DTYPE=$(sed -n 's/^dtype: \([a-z0-9]*\).*/\1/p' "$OUT/preflight.txt")
+    [[ -n "$GPU_DTYPE" ]] || GPU_DTYPE=$( (( BF16 )) && echo bf16 || echo fp16 )
     SECONDS=0  # the time budget starts here: creating the environment is a one-off
     "$PY" -m sftlib.lessons.toy --models opt llama > "$OUT/setup.log" 2>&1 \
         && "$PY" bench/gpu_smoke_tools.py models "$OUT/models" >> "$OUT/setup.log" 2>&1 \
@@ -192,16 +196,12 @@ run_train resume 29607 --model_name_or_path "$OPT" "${COMMON[@]}" --dtype fp16 -
 row resume_equals_uninterrupted "$PY" bench/gpu_smoke_tools.py compare "$OUT/fp16_zero0" "$OUT/killed" \
     --initial "$OPT" --log "$OUT/resume.log"
 
-if (( BF16 )); then
-    row prompt_eval_gpu "$PY" -m sftlib.prompt_eval --model_name_or_path_baseline "$OPT" \
-        --model_name_or_path_finetune "$OUT/fp16_zero0" --dtype bf16 --max_new_tokens 16 \
-        --eval_file toy_world/data/eval.json
-else
-    skip prompt_eval_gpu "bf16 needs compute capability 8.0+ (see the preflight)"
-fi
+row prompt_eval_gpu "$PY" -m sftlib.prompt_eval --model_name_or_path_baseline "$OPT" \
+    --model_name_or_path_finetune "$OUT/fp16_zero0" --dtype "$GPU_DTYPE" --max_new_tokens 16 \
+    --eval_file toy_world/data/eval.json
 # The hybrid-engine lesson: it generates, or (deepspeed 0.19.8 with transformers 5.24) refuses in one line
 # before DeepSpeed compiles anything; a traceback fails the row.
-row hybrid_engine "$PY" bench/gpu_smoke_tools.py hybrid "$OPT" --dtype fp16
+row hybrid_engine "$PY" bench/gpu_smoke_tools.py hybrid "$OPT" --dtype "$GPU_DTYPE"
 
 if (( DRY )); then
     say "$PY bench/gpu_smoke_tools.py table $OUT $PEAK"

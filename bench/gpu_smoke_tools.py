@@ -33,7 +33,6 @@ OPT_125M = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 
             "dropout": 0.1, "attention_dropout": 0.0, "activation_function": "relu"}
 LLAMA_125M = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "num_key_value_heads": 12,
               "intermediate_size": 2048, "max_position_embeddings": 4096, "tie_word_embeddings": True}
-BF16_MIN_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores; a T4 (7.5) or V100 (7.0) has none
 WEIGHT_RTOL = 0.05  # |resumed - uninterrupted| at most 5% of |uninterrupted - initial| (L2, all weights)
 TENSOR_RTOL = 0.3  # and at most 30% for any one tensor (one tensor left unrestored is ~50%)
 LOSS_RTOL = 0.01  # each step's loss within 1% of the uninterrupted run's
@@ -69,7 +68,8 @@ def gpu_facts() -> dict:
 def preflight_lines(facts: dict, python: str = ".venv/bin/python") -> tuple[list[str], int]:
     """The lines preflight prints and its exit status: 2 (one ``error:`` line) without a usable GPU.
 
-    ``bf16: yes`` / ``bf16: no (...)`` is the line gpu_smoke.sh reads to run or skip the bf16 rows."""
+    ``bf16: yes`` / ``bf16: no (...)`` is the line gpu_smoke.sh reads to run or skip the bf16 rows, and
+    ``dtype: X`` the one it reads for the rows that run in the GPU's own precision (``half_dtype``)."""
     torch_text = f"torch {facts['torch']}" + (f" (CUDA {facts['torch_cuda']})" if facts["torch_cuda"] else "")
     if not facts["torch_cuda"]:
         base = facts["torch"].split("+")[0]
@@ -81,10 +81,14 @@ def preflight_lines(facts: dict, python: str = ".venv/bin/python") -> tuple[list
                 "and CUDA_VISIBLE_DEVICES"], 2
     major, minor = facts["capability"]
     lines = [f"GPU 0: {facts['name']}, compute capability {major}.{minor} (sm_{major}{minor}); {torch_text}"]
-    if (major, minor) >= BF16_MIN_CAPABILITY:
+    from sftlib.ds_config import half_dtype  # bf16 from compute capability 8.0: the notebooks' rule too
+
+    dtype = half_dtype((major, minor))
+    if dtype == "bf16":
         lines.append("bf16: yes")
     else:
         lines.append(f"bf16: no (sm_{major}{minor} is below sm_80, no bf16 tensor cores: the bf16 rows are skipped)")
+    lines.append(f"dtype: {dtype} (prompt_eval and the hybrid-engine lesson run in it)")
     if facts["nvcc"]:
         release = facts["nvcc_release"] or "unknown release"
         note = ""

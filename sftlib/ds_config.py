@@ -121,6 +121,43 @@ def check_hybrid_engine(config: dict, accelerator: str | None = None) -> None:
                        f"to false (step 1 never uses it)")
 
 
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere and newer have bf16 tensor cores; a T4 (7.5) or a V100 (7.0) has none
+
+
+def half_dtype(capability, rocm: bool = False) -> str:
+    """``--dtype`` for a GPU of this compute capability: ``"bf16"`` from 8.0 (A100, L4, H100) and on ROCm,
+    else ``"fp16"`` (T4, V100: no bf16 tensor cores)."""
+    return "bf16" if rocm or tuple(capability)[:2] >= BF16_MIN_CAPABILITY else "fp16"
+
+
+def gpu_dtype(device: int = 0) -> str:
+    """``--dtype`` for training on this machine's CUDA GPU ``device``: ``half_dtype`` of its capability.
+
+    Not ``torch.cuda.is_bf16_supported()`` as it is called by default: that counts emulation and says
+    True on a T4. Raises ``SFTError`` without a CUDA GPU (a CPU trains in fp32)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SFTError("gpu_dtype: torch sees no CUDA GPU (torch.cuda.is_available() is False); on a CPU use fp32")
+    return half_dtype(torch.cuda.get_device_capability(device), rocm=bool(torch.version.hip))
+
+
+def dtype_choice(device: int = 0) -> tuple[str, str]:
+    """(``--dtype``, one line saying why) for this machine: fp32 without a CUDA GPU, else ``gpu_dtype``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "fp32", "no CUDA GPU, so fp32 (the same numbers on every CPU)"
+    dtype = gpu_dtype(device)
+    major, minor = torch.cuda.get_device_capability(device)
+    gpu = f"{torch.cuda.get_device_name(device)}, compute capability {major}.{minor}"
+    if dtype == "bf16":
+        return dtype, f"{gpu}: bf16 (bf16 tensor cores; no loss scaling needed)"
+    emulated = ", although torch.cuda.is_bf16_supported() says True: it counts emulation" \
+        if torch.cuda.is_bf16_supported() else ""
+    return dtype, f"{gpu}: fp16 with loss scaling (bf16 needs compute capability 8.0+{emulated})"
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Print DeepSpeed-Chat's step-1 DeepSpeed config.")
     p.add_argument("--zero_stage", type=int, default=0)

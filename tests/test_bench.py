@@ -151,11 +151,12 @@ def test_preflight_on_this_machine_is_the_real_check():
 def test_preflight_bf16_below_sm80_and_nvcc_present_or_not():
     lines, status = gpu_smoke_tools.preflight_lines(facts(name="Tesla T4", capability=(7, 5), nvcc=None))
     assert status == 0 and lines[0] == "GPU 0: Tesla T4, compute capability 7.5 (sm_75); torch 2.13.0 (CUDA 13.0)"
-    assert lines[1].startswith("bf16: no (sm_75 is below sm_80") and lines[2].startswith("nvcc: not found")
+    assert lines[1].startswith("bf16: no (sm_75 is below sm_80") and lines[3].startswith("nvcc: not found")
+    assert lines[2].startswith("dtype: fp16 "), "the rows in the GPU's own precision: the notebooks' choice"
     lines, _ = gpu_smoke_tools.preflight_lines(facts(capability=(8, 0), nvcc_release="12.4"))
-    assert lines[1] == "bf16: yes"
-    assert lines[2].startswith("nvcc: /usr/local/cuda/bin/nvcc, release 12.4 (torch's CUDA is 13.0")
-    assert gpu_smoke_tools.preflight_lines(facts())[0][2] == "nvcc: /usr/local/cuda/bin/nvcc, release 13.0"
+    assert lines[1] == "bf16: yes" and lines[2].startswith("dtype: bf16 ")
+    assert lines[3].startswith("nvcc: /usr/local/cuda/bin/nvcc, release 12.4 (torch's CUDA is 13.0")
+    assert gpu_smoke_tools.preflight_lines(facts())[0][3] == "nvcc: /usr/local/cuda/bin/nvcc, release 13.0"
 
 
 # ------------------------------------------------------------------------------ the script against fake GPU tools
@@ -176,7 +177,7 @@ def fake_gpu(tmp_path):
     _executable(bin_dir / "nvidia-smi", '#!/bin/bash\ncase "$*" in *name*) echo "Tesla T4";; *) echo "[N/A]";; esac\n')
     py = _executable(bin_dir / "python", f"""#!/bin/bash
 case "$*" in
-  *"gpu_smoke_tools.py preflight"*) echo "GPU 0: fake"; echo "bf16: $FAKE_BF16"; exit 0;;
+  *"gpu_smoke_tools.py preflight"*) echo "GPU 0: fake"; echo "bf16: $FAKE_BF16"; echo "dtype: $FAKE_DTYPE"; exit 0;;
   *"gpu_smoke_tools.py table"*|*"gpu_smoke_tools.py compare"*) exec {sys.executable} "$@";;
   *) echo "fake python: $*"; exit 0;;
 esac
@@ -188,7 +189,7 @@ esac
 """)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX")}
     env.update(PATH=f"{bin_dir}:{env['PATH']}", PY=py, DEEPSPEED=ds, SMOKE_OUT=str(tmp_path / "out"),
-               STEP_TIMEOUT="30", FAKE_BF16="yes", FAKE_FAIL_PORT="29602")
+               STEP_TIMEOUT="30", FAKE_BF16="yes", FAKE_DTYPE="bf16", FAKE_FAIL_PORT="29602")
 
     def run(**change):
         proc = subprocess.run(["bash", SCRIPT], capture_output=True, text=True, timeout=300, cwd=ROOT,
@@ -212,12 +213,15 @@ def test_rows_are_isolated_and_one_table_is_printed(fake_gpu):
     assert "packing_flatten_flash_attention" not in rows, "no flash_attn model was built"
 
 
-def test_below_sm80_the_bf16_rows_are_skipped_with_the_reason(fake_gpu):
-    proc, rows, _ = fake_gpu(FAKE_BF16="no (sm_75 is below sm_80)", FAKE_FAIL_PORT="0")
-    skipped = ["bf16_zero2", "bf16_zero3_lora_gc", "packing_padding_free_sdpa", "prompt_eval_gpu"]
+def test_below_sm80_the_bf16_rows_are_skipped_with_the_reason(fake_gpu, tmp_path):
+    proc, rows, _ = fake_gpu(FAKE_BF16="no (sm_75 is below sm_80)", FAKE_DTYPE="fp16", FAKE_FAIL_PORT="0")
+    skipped = ["bf16_zero2", "bf16_zero3_lora_gc", "packing_padding_free_sdpa"]
     assert all(rows[n].endswith("| skipped: bf16 needs compute capability 8.0+ (see the preflight) |")
                for n in skipped), rows
     assert rows["fp16_zero0"].endswith("PASS |") and rows["hybrid_engine"].endswith("PASS |")
+    assert rows["prompt_eval_gpu"].endswith("PASS |"), "runs in the GPU's own precision instead"
+    for name in ("prompt_eval_gpu", "hybrid_engine"):  # the fake python logs the command it was given
+        assert "--dtype fp16" in (tmp_path / "out" / f"{name}.log").read_text()
     assert proc.returncode == 1 and rows["resume_equals_uninterrupted"].endswith("FAIL (rc 1) |")
 
 

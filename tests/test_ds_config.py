@@ -62,3 +62,45 @@ def test_cli_on_cpu_prints_one_sentence_and_exits_nonzero():
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the hybrid engine needs a CUDA GPU"), proc.stderr
+
+
+@pytest.fixture()
+def gpu(monkeypatch):
+    """A CUDA GPU as torch reports it, simulated: set its name and compute capability."""
+    import torch
+
+    state = {"name": "NVIDIA H200", "capability": (9, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: state["capability"])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: state["name"])
+    monkeypatch.setattr(torch.version, "hip", None)
+    # torch's own check, as it runs on a GPU: major >= 8, else (by default) emulation, which a T4 has
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True:
+                        state["capability"][0] >= 8 or including_emulation)
+    return state
+
+
+@pytest.mark.parametrize("name, capability, expected", [("Tesla T4", (7, 5), "fp16"), ("Tesla V100", (7, 0), "fp16"),
+                                                        ("NVIDIA A100", (8, 0), "bf16"), ("NVIDIA L4", (8, 9), "bf16"),
+                                                        ("NVIDIA H200", (9, 0), "bf16")])
+def test_gpu_dtype_is_bf16_only_from_compute_capability_8(gpu, name, capability, expected):
+    from sftlib.ds_config import dtype_choice, gpu_dtype, half_dtype
+
+    gpu.update(name=name, capability=capability)
+    assert gpu_dtype() == half_dtype(capability) == expected
+    dtype, why = dtype_choice()
+    assert dtype == expected and why.startswith(f"{name}, compute capability {capability[0]}.{capability[1]}: {dtype}")
+    if expected == "fp16":  # torch's default check would have said bf16 here
+        assert "bf16 needs compute capability 8.0+" in why and "is_bf16_supported() says True" in why
+    assert half_dtype((7, 5), rocm=True) == "bf16"
+
+
+def test_without_a_gpu_the_choice_is_fp32_and_gpu_dtype_refuses(monkeypatch):
+    import torch
+
+    from sftlib.ds_config import dtype_choice, gpu_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dtype_choice() == ("fp32", "no CUDA GPU, so fp32 (the same numbers on every CPU)")
+    with pytest.raises(SFTError, match="no CUDA GPU .* on a CPU use fp32"):
+        gpu_dtype()
