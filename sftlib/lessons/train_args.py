@@ -5,6 +5,7 @@ folder ``out`` holds the saved model (``out/model``) and the data cache (``out/d
 ``make demo``'s ``outputs/demo`` does. Every flag left out keeps ``sftlib.train``'s default (which
 is DeepSpeed-Chat's), except the two a CPU run of the toy needs: all the data for phase 1
 (``--data_split 10,0,0``) and fp32. ``demo_args`` starts from ``make demo``'s settings instead.
+``flag_table`` lists a parser's flags with their help, the argument table of notebook 05.
 
     train_args("toy_world/opt-tiny", "toy_world/data", "outputs/run", num_train_epochs=1, lora_dim=8)
 """
@@ -66,3 +67,19 @@ def train_args(model, data, out, **overrides) -> list[str]:
 def demo_args(model, data, out, **overrides) -> list[str]:
     """``train_args`` at ``make demo``'s settings (``DEMO``), each keyword replacing one of them."""
     return train_args(model, data, out, **{**DEMO, **overrides})
+
+
+def flag_table(parser, args) -> list[dict]:
+    """One row per flag of ``parser`` (``sftlib.arguments.build_parser()``), in ``--help``'s groups and
+    order: ``group``, ``flag``, ``default`` (or ``required``) and ``this run`` (``args``' value) written
+    as ``--help`` writes defaults, and ``help``. The one source of the meanings is the parser's help text."""
+    from sftlib.arguments import shown_default
+
+    rows = []
+    for group in parser._action_groups:  # argparse keeps its groups private; --help reads the same lists
+        for action in group._group_actions:
+            if action.dest != "help":
+                rows.append({"group": group.title, "flag": action.option_strings[0],
+                             "default": "required" if action.required else shown_default(action.default),
+                             "this run": shown_default(getattr(args, action.dest)), "help": action.help})
+    return rows

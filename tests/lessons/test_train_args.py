@@ -36,3 +36,19 @@ def test_demo_args_are_make_demos_settings(tmp_path):
     assert args.seeded_sampler and args.learning_rate == 1e-3 and args.max_seq_len == 64
     argv = demo_args("m", "d", tmp_path)
     assert argv[argv.index("--learning_rate") + 1] == "1e-3", "written as the demo's command line shows it"
+
+
+def test_flag_table_lists_every_flag_once_with_its_help_and_value(tmp_path):
+    from sftlib.arguments import build_parser
+    from sftlib.lessons.train_args import flag_table
+
+    parser = build_parser()
+    args = parser.parse_args(train_args("m", ["a", "b"], tmp_path, packing=True))
+    rows = {r["flag"]: r for r in flag_table(parser, args)}
+    assert {f.removeprefix("--") for f in rows} == set(vars(args)) and len(rows) == len(vars(args))
+    assert rows["--data_path"]["this run"] == "a b" and rows["--data_path"]["default"] == "Dahoas/rm-static"
+    assert (rows["--packing"]["default"], rows["--packing"]["this run"]) == ("unset", "auto")
+    assert (rows["--seeded_sampler"]["default"], rows["--seeded_sampler"]["group"]) == ("off", "sftlib additions")
+    assert rows["--model_name_or_path"]["default"] == "required"
+    assert all(r["help"] for r in rows.values()), "every flag explains itself"
+    assert rows["--dtype"]["help"] == next(a.help for a in parser._actions if a.dest == "dtype")
