@@ -47,7 +47,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def device_and_dtype(dtype: str = "fp32") -> tuple[torch.device, torch.dtype]:
     """Where and in what precision to load: the accelerator (``sftlib.dist.accelerator_name``) in
-    ``dtype``; on a CPU fp32 only (the original always loaded fp32 on the CPU)."""
+    ``dtype``; on a CPU fp32 only (the original always loaded fp32, on its first GPU)."""
     from sftlib.dist import accelerator_name, local_rank
 
     name = accelerator_name()
@@ -132,7 +132,8 @@ def normalise(text: str) -> str:
 
 
 def exact_match(model, tokenizer, rows: list[dict], max_new_tokens: int = 24) -> tuple[float, list[dict]]:
-    """Share of rows whose greedy answer equals ``chosen`` exactly (after trimming spaces)."""
+    """Share of rows whose greedy answer equals ``chosen`` exactly: the answer cut at the next
+    ``Human:`` turn (``normalise``), both sides stripped of surrounding spaces."""
     answers = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens,
                        do_sample=False)
     results = [{"prompt": r["prompt"], "expected": r["chosen"].strip(), "got": normalise(a),

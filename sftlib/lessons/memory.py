@@ -164,7 +164,8 @@ def plan_recipe(spec: ModelSpec, recipe: str, n_gpus: int, micro_batch: int = 1,
 
 
 def rule_of_thumb_billions(n_gpus: int, gpu_gb: float) -> float:
-    """The seed's rule: with ZeRO-3, gradient checkpointing and LoRA, about total GPU GB / 3 billion parameters."""
+    """The step-1 README's rule: ZeRO-3, gradient checkpointing and LoRA train about total GPU GB / 3 billion
+    parameters."""
     return n_gpus * gpu_gb / 3
 
 
