@@ -3,8 +3,9 @@ before any work (``train.parse_args`` and ``train.validate_args`` are these).
 
 ``validate_args`` runs on every rank before the process group exists and reads only what the user
 gave: numbers against their ranges, flags that contradict each other, the model folder (config and
-readable weights), every local data file (decoded row by row: a bad byte or row is reported with its
-file and line) and the output folders. Each failure is one ``SFTError`` line naming the fix.
+readable weights), every local data file (read once per node, by its local rank 0, row by row: a bad
+byte or row is reported with its file and line) and the output folders. Each failure is one
+``SFTError`` line naming the fix. It returns the checked data, which the build takes as it is.
 
 Explained in notebooks/05_main_training_loop.ipynb.
 """
@@ -12,20 +13,20 @@ Explained in notebooks/05_main_training_loop.ipynb.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import re
 from pathlib import Path
 
-from sftlib.dist import accelerator_name
+from sftlib.data.check import check_data_paths, check_data_weights, print_notes
+from sftlib.data.prompt_dataset import check_labels_2023
+from sftlib.data.splits import parse_data_split
+from sftlib.dist import accelerator_name, local_rank
 from sftlib.errors import SFTError
+from sftlib.model import check_model_folder
 from sftlib.utils import check_writable
 
 DTYPES = ("fp16", "bf16", "fp32")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 TB_CHILDREN = ("ds_tensorboard_logs", "sftlib")  # what --enable_tensorboard writes under --tensorboard_path
-LEARNED_POSITIONS = ("opt", "gpt2", "gpt_neo", "gpt_bigcode")  # models that cannot go past their position table
 
 
 class _Parser(argparse.ArgumentParser):
@@ -240,17 +241,19 @@ def batching_mode(args) -> str:
     return "packing" if args.packing else "dynamic" if args.dynamic_padding else "compat"
 
 
-def validate_args(args) -> None:
-    """Everything that can be checked before any work; each failure is one line naming the fix."""
+def validate_args(args):
+    """Everything that can be checked before any work; each failure is one line naming the fix.
+    Returns the checked data (``check_data``), for ``create_prompt_dataset(checked_data=...)``."""
     check_numbers(args)
     check_combinations(args)
-    check_model(args)
-    check_data(args)
+    check_model_folder(args.model_name_or_path, args.max_seq_len)
+    checked_data = check_data(args)
     check_outputs(args)
+    return checked_data
 
 
 def check_numbers(args) -> None:
-    """Every numeric flag within its range (and finite)."""
+    """Every numeric flag within its range (and finite), and the blend weights (``check_data_weights``)."""
     for flag, low, high, meaning in RANGES:
         value = getattr(args, flag, None)
         if value is None:
@@ -260,9 +263,7 @@ def check_numbers(args) -> None:
             bad = bad or value == (low if flag != "dropout" else high)
         if bad:
             raise SFTError(f"--{flag} must be {meaning} (got {value})")
-    for w in args.data_weights or []:
-        if not math.isfinite(w) or w < 0:
-            raise SFTError(f"--data_weights must be non-negative numbers (got {w})")
+    check_data_weights(args.data_weights, len(args.data_path))
 
 
 def check_combinations(args) -> None:
@@ -284,91 +285,26 @@ def check_combinations(args) -> None:
     if args.packing and args.dynamic_padding:
         raise SFTError("--packing and --dynamic_padding exclude each other (packing already pads each batch to its "
                        "longest row); pass one")
-    if args.labels_2023 and (args.mask_prompt or args.dynamic_padding or args.packing):
-        raise SFTError("--labels_2023 reproduces the 2023 labels (input ids, padding included) of rows padded to "
-                       "--max_seq_len; drop --mask_prompt, --dynamic_padding and --packing")
+    check_labels_2023(args.labels_2023, args.mask_prompt, batching_mode(args))
     if args.save_steps > 0 and not (args.output_dir or args.checkpoint_dir):
         raise SFTError("--save_steps needs --output_dir or --checkpoint_dir to know where checkpoints go")
     if args.save_total_limit is not None and args.save_steps <= 0:
         raise SFTError("--save_total_limit keeps the newest checkpoints of --save_steps; pass --save_steps N too")
-    if args.data_weights and len(args.data_weights) != len(args.data_path):
-        raise SFTError(f"--data_weights has {len(args.data_weights)} weights for {len(args.data_path)} --data_path "
-                       "entries; give one per entry")
-    if args.data_weights and sum(args.data_weights) <= 0:
-        raise SFTError("--data_weights are all zero; give at least one set a positive weight")
     if args.chat_template and not os.path.isfile(args.chat_template):
         raise SFTError(f"--chat_template {args.chat_template}: no such file; give a Jinja chat template file")
     if args.add_eot_token and not args.eot_token.strip():
         raise SFTError("--add_eot_token needs a non-empty --eot_token")
-    from sftlib.data.splits import parse_data_split
-
     parse_data_split(args.data_split)
 
 
-def check_model(args) -> None:
-    """A local model folder has a readable config.json and readable weights (a truncated file fails here)."""
-    name = str(args.model_name_or_path)
-    if not os.path.isdir(name):
-        if os.path.exists(name) or not HUB_ID.match(name):
-            raise SFTError(f"--model_name_or_path {name}: no such model folder")
-        return  # a hub id: loading it says whether it is reachable
-    folder = Path(name)
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SFTError(f"--model_name_or_path {name}: no config.json; pass a Hugging Face model folder") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SFTError(f"--model_name_or_path {name}: config.json is not valid json ({err})") from None
-    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
-    if not weights:
-        raise SFTError(f"--model_name_or_path {name}: no weights (model*.safetensors or pytorch_model*.bin)")
-    for path in weights:
-        _check_weights_file(path)
-    limit = config.get("max_position_embeddings") or config.get("n_positions")
-    if config.get("model_type") in LEARNED_POSITIONS and limit and args.max_seq_len > limit:
-        raise SFTError(f"--max_seq_len {args.max_seq_len} is longer than {name}'s position table ({limit}); "
-                       f"pass --max_seq_len {limit} or less")
-
-
-def _check_weights_file(path: Path) -> None:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), "pt") as f:
-                f.keys()
-        except Exception as err:  # safetensors raises its own error type for a short or corrupt file
-            raise SFTError(f"model weights {path} are unreadable ({str(err).splitlines()[0]}); "
-                           "copy the model folder again") from None
-    else:
-        import zipfile
-
-        try:
-            zipfile.ZipFile(path).close()  # torch.save's zip: a truncated file has no central directory
-        except (zipfile.BadZipFile, OSError) as err:
-            raise SFTError(f"model weights {path} are unreadable ({err}); copy the model folder again") from None
-
-
-def check_data(args) -> None:
-    """Every --data_path/--sft_only_data_path entry resolves, every local file decodes row by row (chats:
-    every turn's role), and, when every set is local, phase 1 gets train and eval rows from the split
-    (``sftlib.data.build.check_split_rows``, which the build runs again for hub sets)."""
-    from sftlib.data.build import check_split_rows
-    from sftlib.data.raw import PromptRawDataset
-    from sftlib.data.registry import resolve_data_path
-
-    sets, all_local = [], True
-    for path, sft in [(p, False) for p in args.data_path] + [(p, True) for p in args.sft_only_data_path]:
-        if not os.path.exists(path) and (os.sep in path.strip("/") and path.startswith((".", "/", "~"))):
-            raise SFTError(f"--data_path {path}: no such file or folder")
-        spec, source = resolve_data_path(path)
-        if source is None:
-            all_local = False
-            continue
-        raw = PromptRawDataset("", args.seed, -1, spec.name, source=source, spec=spec)  # reads, writes nothing
-        sets.append((path, "10,0,0" if sft else args.data_split, sft, raw))
-    if all_local:
-        check_split_rows(sets, train_phase=1)
+def check_data(args):
+    """Every --data_path/--sft_only_data_path entry resolves; the node's local rank 0 (the process that
+    builds its cache) reads every local file once, row by row, and phase 1 must get train and eval rows
+    (``sftlib.data.check_data_paths``). Returns the ``CheckedData``; rank 0 prints its notes."""
+    checked_data = check_data_paths(args.data_path, args.sft_only_data_path, args.data_split, train_phase=1,
+                                    read=local_rank() == 0)
+    print_notes(checked_data)
+    return checked_data
 
 
 def output_children(args) -> set[str]:

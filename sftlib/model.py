@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -37,17 +38,29 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 # Where a name points: a local folder or a hub id
 # --------------------------------------------------------------------------------------------
 
-def _local_folder(name) -> Path | None:
-    """The folder ``name`` names, None for a hub id; a path-looking name that is missing is an error."""
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # what a hub id looks like: "name" or "org/name"
+LEARNED_POSITIONS = ("opt", "gpt2", "gpt_neo", "gpt_bigcode")  # models that cannot go past their position table
+
+
+def local_path(name, flag: str, kind: str = "file or folder") -> Path | None:
+    """The one rule for "a local path or a hub id", for models and data alike: what exists on disk is
+    local (its Path); a name shaped like a hub id (``name`` or ``org/name``) that does not exist is a hub
+    id (None); anything else (``./x``, ``/x``, ``~/x``, ``a/b/c``) is a missing path, and the error is
+    ``{flag} {name}: no such {kind}``."""
     path = Path(os.path.expanduser(str(name)))
-    if path.is_dir():
-        return path
     if path.exists():
-        raise SFTError(f"{name} is a file; pass a model folder or a hub id")
-    text = str(name)
-    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
-        raise SFTError(f"model folder {name} does not exist")
-    return None
+        return path
+    if HUB_ID.match(str(name)):
+        return None
+    raise SFTError(f"{flag} {name}: no such {kind}")
+
+
+def _local_folder(name) -> Path | None:
+    """The model folder ``name`` names, None for a hub id (``local_path``); a file is an error."""
+    path = local_path(name, "--model_name_or_path", "model folder")
+    if path is not None and not path.is_dir():
+        raise SFTError(f"--model_name_or_path {name} is a file; pass a model folder or a hub id")
+    return path
 
 
 def _hub_error(name: str, err: Exception) -> SFTError:
@@ -187,6 +200,51 @@ def _transformers_version() -> str:
     import transformers
 
     return transformers.__version__
+
+
+def check_model_folder(model_name_or_path, max_seq_len: int) -> None:
+    """Before any work: a local model folder has a readable config.json and readable weights (a truncated
+    file fails here), and a model with a learned position table is not asked for longer rows than it has;
+    a hub id is left to loading, which says whether it is reachable."""
+    folder = _local_folder(model_name_or_path)
+    if folder is None:
+        return
+    name = str(model_name_or_path)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SFTError(f"--model_name_or_path {name}: no config.json; pass a Hugging Face model folder") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SFTError(f"--model_name_or_path {name}: config.json is not valid json ({err})") from None
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
+    if not weights:
+        raise SFTError(f"--model_name_or_path {name}: no weights (model*.safetensors or pytorch_model*.bin)")
+    for path in weights:
+        _check_weights_file(path)
+    limit = config.get("max_position_embeddings") or config.get("n_positions")
+    if config.get("model_type") in LEARNED_POSITIONS and limit and max_seq_len > limit:
+        raise SFTError(f"--max_seq_len {max_seq_len} is longer than {name}'s position table ({limit}); "
+                       f"pass --max_seq_len {limit} or less")
+
+
+def _check_weights_file(path: Path) -> None:
+    """A weights file opens: safetensors reads its header, torch.save's zip its central directory."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                f.keys()
+        except Exception as err:  # safetensors raises its own error type for a short or corrupt file
+            raise SFTError(f"model weights {path} are unreadable ({str(err).splitlines()[0]}); "
+                           "copy the model folder again") from None
+    else:
+        import zipfile
+
+        try:
+            zipfile.ZipFile(path).close()  # a truncated file has no central directory
+        except (zipfile.BadZipFile, OSError) as err:
+            raise SFTError(f"model weights {path} are unreadable ({err}); copy the model folder again") from None
 
 
 def padded_vocab_size(tokenizer_length: int, current: int) -> int:

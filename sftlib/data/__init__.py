@@ -27,67 +27,38 @@ Naming a dataset on the command line (``--data_path``, ``--sft_only_data_path``)
     messages=path/to/chats               # rows with a "messages" list, rendered with the chat template
                                          # (messages.py; loss on the assistant turns only)
 
-Every public name of the modules is importable from ``sftlib.data`` (DeepSpeed-Chat's names).
+Before any of it, ``check_data_paths`` (``check.py``) resolves every entry once and reads every local
+file once per node (its local rank 0): rows checked with file and line, and the bytes' fingerprint for
+the cache key. ``validate_args`` returns that ``CheckedData`` and ``create_prompt_dataset`` takes it
+(``checked_data=``), so the build reads nothing twice.
+
+``sftlib.data`` exports what a user or a notebook calls (DeepSpeed-Chat's names first); the helpers
+stay in their modules.
 
 Explained in notebooks/01_dataset_abstraction.ipynb.
 """
 
-from sftlib.data.build import BuildRequest, build_prompt_datasets, cache_key_parts, create_prompt_dataset
-from sftlib.data.cache import (
-    DATA_FORMAT_VERSION,
-    cache_key,
-    cache_problem,
-    cache_size_bytes,
-    load_prompt_datasets,
-    save_cache,
-    tokenizer_fingerprint,
-    wait_for_cache,
-)
+from sftlib.data.build import create_prompt_dataset
+from sftlib.data.cache import cache_problem, cache_size_bytes, wait_for_cache
+from sftlib.data.check import CheckedData, check_data_paths
 from sftlib.data.prompt_dataset import PromptDataset
 from sftlib.data.raw import PromptRawDataset, get_raw_dataset
 from sftlib.data.registry import (
-    HA,
-    PLACEHOLDER,
     REGISTRY,
-    TRANSFORM_INPUTS,
-    TRANSFORMS,
     DatasetSpec,
-    get_field,
+    ResolvedPath,
     load_spec_file,
-    parse_template,
     register_dataset,
-    render,
     resolve_data_path,
-    row_keys,
 )
-from sftlib.data.sources import (
-    SPLIT_FILE_SUFFIXES,
-    fingerprint_source,
-    hash_file,
-    load_hub,
-    load_local,
-    read_json_rows,
-    select_rows,
-)
-from sftlib.data.splits import (
-    get_raw_dataset_split_index,
-    get_shuffle_idx,
-    index_file_name,
-    parse_data_split,
-    split_indices,
-)
-from sftlib.data.tokenize import tokenize_one_at_a_time, tokenize_split
+from sftlib.data.sources import read_json_rows
+from sftlib.data.splits import get_raw_dataset_split_index, get_shuffle_idx, split_indices
+from sftlib.data.tokenize import tokenize_one_at_a_time
 
 __all__ = [
-    "BuildRequest", "build_prompt_datasets", "cache_key_parts", "create_prompt_dataset",
-    "DATA_FORMAT_VERSION", "cache_key", "cache_problem", "cache_size_bytes", "load_prompt_datasets", "save_cache",
-    "tokenizer_fingerprint", "wait_for_cache",
-    "PromptDataset",
-    "PromptRawDataset", "get_raw_dataset",
-    "HA", "PLACEHOLDER", "REGISTRY", "TRANSFORM_INPUTS", "TRANSFORMS", "DatasetSpec", "get_field", "load_spec_file",
-    "parse_template", "register_dataset", "render", "resolve_data_path", "row_keys",
-    "SPLIT_FILE_SUFFIXES", "fingerprint_source", "hash_file", "load_hub", "load_local", "read_json_rows",
-    "select_rows",
-    "get_raw_dataset_split_index", "get_shuffle_idx", "index_file_name", "parse_data_split", "split_indices",
-    "tokenize_one_at_a_time", "tokenize_split",
+    "create_prompt_dataset", "PromptDataset", "PromptRawDataset", "get_raw_dataset", "get_raw_dataset_split_index",
+    "get_shuffle_idx", "split_indices",
+    "check_data_paths", "CheckedData", "resolve_data_path", "ResolvedPath", "REGISTRY", "DatasetSpec",
+    "register_dataset", "load_spec_file", "read_json_rows", "tokenize_one_at_a_time",
+    "cache_problem", "wait_for_cache", "cache_size_bytes",
 ]

@@ -39,7 +39,8 @@ def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _manifest(folder: Path) -> dict:
+def manifest(folder: Path) -> dict:
+    """{file: [size, sha256]} of every file under a cache folder but its meta.json (what meta.json lists)."""
     out = {}
     for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "meta.json"):
         h = hashlib.sha256()
@@ -61,7 +62,7 @@ def cache_problem(folder: Path) -> str | None:
         return "written by another sftlib data format version"
     if info.get("train_rows") == 0 or info.get("eval_rows") == 0:  # left by a version that cached them
         return "it holds an empty split"
-    expected, actual = info.get("files", {}), _manifest(folder)
+    expected, actual = info.get("files", {}), manifest(folder)
     if actual != expected:
         bad = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
         return f"files truncated, changed or missing: {', '.join(bad[:3])}"
@@ -116,7 +117,7 @@ def save_cache(folder: Path, train, evals, info: dict) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     train.save_to_disk(str(tmp / "train"))
     evals.save_to_disk(str(tmp / "eval"))
-    info = {**info, "format_version": DATA_FORMAT_VERSION, "files": _manifest(tmp)}
+    info = {**info, "format_version": DATA_FORMAT_VERSION, "files": manifest(tmp)}
     (tmp / "meta.json").write_text(json.dumps(info, indent=1, default=str))
     if folder.exists():
         stale = Path(f"{folder}.stale-{os.getpid()}")
@@ -125,15 +126,15 @@ def save_cache(folder: Path, train, evals, info: dict) -> None:
     os.replace(tmp, folder)
 
 
-def load_prompt_datasets(folder, pad_token_id, train_phase, max_seq_len, mask_prompt=False, pad_to_max_len=True,
-                         train_on_padding=False):
+def load_prompt_datasets(folder, pad_token_id, train_phase, max_seq_len, mask_prompt=False, batching="compat",
+                         labels_2023=False):
     """(train, eval) ``PromptDataset`` from a cache folder."""
     import datasets
 
     folder = Path(folder)
     train = datasets.load_from_disk(str(folder / "train"))
     evals = datasets.load_from_disk(str(folder / "eval"))
-    kw = dict(mask_prompt=mask_prompt, pad_to_max_len=pad_to_max_len, train_on_padding=train_on_padding)
+    kw = dict(mask_prompt=mask_prompt, batching=batching, labels_2023=labels_2023)
     return (PromptDataset(train, pad_token_id, train_phase, max_seq_len, **kw),
             PromptDataset(evals, pad_token_id, train_phase, max_seq_len, **kw))
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from sftlib.data.registry import TRANSFORM_INPUTS, TRANSFORMS, DatasetSpec, render, resolve_data_path, row_keys
-from sftlib.data.sources import load_hub, load_local, select_rows
+from sftlib.data.sources import fingerprint_source, load_hub, load_local, select_rows
 from sftlib.data.splits import get_raw_dataset_split_index, part_sizes
 from sftlib.errors import SFTError
 
@@ -18,12 +18,19 @@ class PromptRawDataset:
     """
 
     def __init__(self, output_path: str, seed: int, local_rank: int, dataset_name: str,
-                 source: str | None = None, spec: DatasetSpec | None = None):
+                 source: str | None = None, spec: DatasetSpec | None = None, splits: dict | None = None,
+                 fingerprint: str | None = None):
+        """DeepSpeed-Chat's signature; ``spec``/``source`` skip resolving ``dataset_name`` again, and
+        ``splits`` ({split: datasets.Dataset}, with their ``fingerprint``) are rows already read."""
         self.output_path, self.seed, self.local_rank = output_path, seed, local_rank
-        self.spec = spec or resolve_data_path(dataset_name)[0]
+        if spec is None:
+            resolved = resolve_data_path(dataset_name)
+            spec, source = resolved.spec, resolved.source
+        self.spec, self.source = spec, source
         self.dataset_name, self.dataset_name_clean = self.spec.name, self.spec.dataset_name_clean
-        self.source = source
-        self.raw_datasets = load_local(self.spec, source) if source else load_hub(self.spec)
+        if splits is None:
+            splits, fingerprint = load_local(spec, source) if source else _hub_rows(spec)
+        self.raw_datasets, self.fingerprint = splits, fingerprint
         self._transform = TRANSFORMS.get(self.spec.transform) if self.spec.transform else None
         if self.spec.train_split not in self.raw_datasets:
             raise SFTError(f"dataset {self.spec.name}: no {self.spec.train_split!r} split in "
@@ -109,7 +116,14 @@ class PromptRawDataset:
         return self._joined(sample, "rejected")
 
 
+def _hub_rows(spec: DatasetSpec) -> tuple[dict, str]:
+    """A hub set's splits, loaded once, and their fingerprint."""
+    splits = load_hub(spec)
+    return splits, fingerprint_source(spec, None, splits)
+
+
 def get_raw_dataset(dataset_name: str, output_path: str, seed: int, local_rank: int) -> PromptRawDataset:
     """The raw dataset for a ``--data_path`` entry (a registered name, ``NAME=path`` or a local path)."""
-    spec, source = resolve_data_path(dataset_name)
-    return PromptRawDataset(output_path, seed, local_rank, spec.name, source=source, spec=spec)
+    resolved = resolve_data_path(dataset_name)
+    return PromptRawDataset(output_path, seed, local_rank, resolved.spec.name, source=resolved.source,
+                            spec=resolved.spec)

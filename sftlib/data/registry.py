@@ -50,6 +50,11 @@ class DatasetSpec:
     required: tuple = ()              # extra row keys a row must have (besides the templates')
     kind: str = "text"                # "messages": rows hold a chat (sftlib.data.messages), phase 1 only
 
+    def __post_init__(self):
+        if self.transform is not None and self.transform not in TRANSFORMS:
+            raise SFTError(f"dataset {self.name!r}: unknown transform {self.transform!r} "
+                           f"(known: {', '.join(TRANSFORMS)})")
+
     @property
     def dataset_name_clean(self) -> str:
         return self.clean_name or self.name.replace("/", "_").replace("-", "_")
@@ -184,20 +189,37 @@ REGISTRY: dict[str, DatasetSpec] = {s.name: s for s in [
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    """Add (or replace) a dataset in the registry; returns it."""
-    if spec.transform is not None and spec.transform not in TRANSFORMS:
-        raise SFTError(f"dataset {spec.name!r}: unknown transform {spec.transform!r} (known: {', '.join(TRANSFORMS)})")
+    """Add (or replace) a dataset in ``REGISTRY``, as a DeepSpeed-Chat user adds a class; returns it.
+    Call it before the run starts: nothing in sftlib changes the registry while it runs."""
     REGISTRY[spec.name] = spec
     return spec
 
 
 def load_spec_file(path) -> DatasetSpec:
     """A user's declarative mapping: a json object with ``name``, ``prompt``, ``chosen`` and
-    optionally ``rejected``, ``train_split``, ``eval_split``, ``hub_id``, ``language``..."""
+    optionally ``rejected``, ``train_split``, ``eval_split``, ``hub_id``, ``language``... (the
+    registry is left as it is: ``register_dataset`` adds a spec on purpose)."""
+    return _spec_of(path, _read_mapping(path, strict=True))
+
+
+def _read_mapping(path, strict: bool) -> dict | None:
+    """The json object of a mapping file; None (``strict=False``) when the file is not one."""
     try:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
+        if not strict:
+            return None
         raise SFTError(f"{path}:{e.lineno}: malformed json in the dataset mapping ({e.msg})") from None
+    except UnicodeDecodeError:
+        if not strict:
+            return None
+        raise
+    if not strict and not (isinstance(obj, dict) and "prompt" in obj and "name" in obj):
+        return None
+    return obj
+
+
+def _spec_of(path, obj: dict) -> DatasetSpec:
     fields = {f.name for f in dataclasses.fields(DatasetSpec)}
     unknown = sorted(set(obj) - fields - {"source", "description"})
     if unknown:
@@ -205,54 +227,57 @@ def load_spec_file(path) -> DatasetSpec:
     for key in ("name", "prompt", "chosen"):
         if key not in obj:
             raise SFTError(f"{path}: the dataset mapping needs a {key!r} key")
-    spec = {k: tuple(v) if k == "required" else v for k, v in obj.items() if k in fields}
-    return register_dataset(DatasetSpec(**spec))
+    return DatasetSpec(**{k: tuple(v) if k == "required" else v for k, v in obj.items() if k in fields})
 
 
-def _is_spec_file(path: str) -> bool:
-    if not (path.endswith(".json") and os.path.isfile(path)) or os.path.getsize(path) > 100_000:
-        return False
-    try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return isinstance(obj, dict) and "prompt" in obj and "name" in obj
+def _mapping_file(name: str) -> dict | None:
+    """The mapping in ``name`` when it is a small json file holding one, else None."""
+    if not (name.endswith(".json") and os.path.isfile(name)) or os.path.getsize(name) > 100_000:
+        return None
+    return _read_mapping(name, strict=False)
 
 
-_SAID: set[str] = set()
+@dataclasses.dataclass(frozen=True)
+class ResolvedPath:
+    """What one ``--data_path`` entry names: the spec that reads its rows and where the rows are."""
+
+    entry: str                 # as the user typed it
+    spec: DatasetSpec
+    source: str | None         # a local file or folder; None: ``datasets.load_dataset(spec.load_id)``
+    note: str | None = None    # what rank 0 says about it once (a bare path that names a hub set)
 
 
-def _say_schema(path: str) -> None:
+def _schema_note(path: str) -> str | None:
     """DeepSpeed-Chat picks a set's reader by substring, so a local path naming a hub set was read with
-    that set's schema; sftlib reads a bare path as plain rows and says so, once, with the way to ask."""
-    from sftlib.dist import global_rank
-
+    that set's schema; sftlib reads a bare path as plain rows, and this note says so and how to ask."""
     hub = next((n for n in REGISTRY if "/" in n and not n.startswith("local/") and n in path), None)
-    if hub and path not in _SAID and global_rank() == 0:
-        print(f"note: --data_path {path} names {hub} but is read as plain rows (fields as they are); "
-              f"for {hub}'s schema pass {hub}={path}", flush=True)
-    _SAID.add(path)
+    if hub is None:
+        return None
+    return (f"note: --data_path {path} names {hub} but is read as plain rows (fields as they are); "
+            f"for {hub}'s schema pass {hub}={path}")
 
 
-def resolve_data_path(entry: str) -> tuple[DatasetSpec, str | None]:
-    """``--data_path`` entry -> (spec, local source or None for the hub). See ``sftlib.data``'s docstring."""
+def resolve_data_path(entry: str, registry: dict | None = None) -> ResolvedPath:
+    """``--data_path`` entry -> its ``ResolvedPath`` (see ``sftlib.data``'s docstring); reads nothing but a
+    mapping file, changes nothing. ``registry`` defaults to ``REGISTRY``."""
+    from sftlib.model import local_path
+
+    registry = REGISTRY if registry is None else registry
     entry = str(entry)
     name, source = entry.split("=", 1) if "=" in entry else (entry, None)
     if source is not None and not source:
         raise SFTError(f"--data_path {entry}: nothing after '='; give a local file or folder")
-    if name in REGISTRY:
-        return REGISTRY[name], source
-    if _is_spec_file(name):
-        spec = load_spec_file(name)
-        local = json.loads(Path(name).read_text(encoding="utf-8")).get("source")
+    if name in registry:
+        return ResolvedPath(entry, registry[name], source)
+    mapping = _mapping_file(name)
+    if mapping is not None:
+        local = mapping.get("source")
         if source is None and local:  # "source": rows next to the mapping file
             source = os.path.join(os.path.dirname(os.path.abspath(name)), os.path.expanduser(local))
-        return spec, source
-    if source is None and os.path.exists(name):
-        _say_schema(name)
-        return REGISTRY["messages" if looks_like_messages(name) else "local/json"], name
-    if source is None and (name.startswith((".", "/", "~")) or name.strip("/").count("/") > 1):
-        raise SFTError(f"--data_path {name}: no such file or folder")
-    known = ", ".join(sorted(REGISTRY))
+        return ResolvedPath(entry, _spec_of(name, mapping), source)
+    if source is None and local_path(name, "--data_path") is not None:
+        spec = registry["messages" if looks_like_messages(name) else "local/json"]
+        return ResolvedPath(entry, spec, name, _schema_note(name))
+    known = ", ".join(sorted(registry))
     raise SFTError(f"--data_path {entry}: unknown dataset {name!r}; known: {known}; or give a local "
                    "folder/file, or NAME=/local/path")

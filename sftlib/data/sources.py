@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,17 @@ def read_json_rows(path: str | os.PathLike, required=("prompt", "chosen"), check
     path = Path(path)
     if not path.is_file():
         raise SFTError(f"data file {path} does not exist")
-    text = decode_utf8(path)
+    return _json_rows(_decode(path.read_bytes(), path), path, required, check)
+
+
+def _json_rows(text: str, path: Path, required, check=None) -> list[dict]:
+    """``read_json_rows`` on a file's text: every row an object with the ``required`` keys, passing ``check``."""
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise SFTError(f"{path}:{e.lineno}: malformed json ({e.msg})") from None
-        numbered, where = list(enumerate(rows, start=1)), "row"
+        numbered, where = list(enumerate(rows)), "row"
     else:
         numbered, where = [], "line"
         for lineno, line in enumerate(text.splitlines(), start=1):
@@ -41,22 +46,35 @@ def read_json_rows(path: str | os.PathLike, required=("prompt", "chosen"), check
             except json.JSONDecodeError as e:
                 raise SFTError(f"{path}:{lineno}: malformed json line ({e.msg})") from None
     for n, row in numbered:
-        if not isinstance(row, dict):
-            raise SFTError(f"{path}:{n}: each {where} must be a json object")
-        missing = [k for k in required if k not in row]
-        if missing:
-            raise SFTError(f"{path}:{n}: {where} is missing {', '.join(repr(m) for m in missing)}")
-        problem = check(row) if check is not None else None
+        problem = _row_problem(row, where, required, check)
         if problem:
-            raise SFTError(f"{path}:{n}: {problem}")
+            line = _list_item_line(text, n) if where == "row" else n
+            raise SFTError(f"{path}:{line}: {problem}")
     if not numbered:
         raise SFTError(f"{path}: the dataset is empty")
     return [row for _, row in numbered]
 
 
-def decode_utf8(path: Path) -> str:
-    """A file's text; bytes that are not UTF-8 are an error naming the file, line and column."""
-    raw = path.read_bytes()
+def _row_problem(row, where: str, required, check) -> str | None:
+    if not isinstance(row, dict):
+        return f"each {where} must be a json object"
+    missing = [k for k in required if k not in row]
+    if missing:
+        return f"{where} is missing {', '.join(repr(m) for m in missing)}"
+    return check(row) if check is not None else None
+
+
+def _list_item_line(text: str, index: int) -> int:
+    """The line (1-based) on which item ``index`` of the json list ``text`` starts."""
+    decoder, gap = json.JSONDecoder(), re.compile(r"[\s,]*")
+    pos = text.index("[") + 1
+    for _ in range(index):
+        pos = decoder.raw_decode(text, gap.match(text, pos).end())[1]
+    return text.count("\n", 0, gap.match(text, pos).end()) + 1
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    """A file's bytes as text; bytes that are not UTF-8 are an error naming the file, line and column."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -66,18 +84,17 @@ def decode_utf8(path: Path) -> str:
                        "save the file as UTF-8") from None
 
 
-def _fast_json(path: Path, required):
+def _fast_json(raw: bytes, required):
     """json lines parsed by Arrow's C++ reader; None whenever anything looks off (then the slow
     reader runs and reports the exact line)."""
     import datasets
     import pyarrow as pa
     import pyarrow.json as pj
 
-    with open(path, "rb") as f:
-        if f.read(64).lstrip()[:1] in (b"[", b""):
-            return None
+    if raw[:64].lstrip()[:1] in (b"[", b""):
+        return None
     try:
-        table = pj.read_json(str(path), read_options=pj.ReadOptions(block_size=1 << 24))
+        table = pj.read_json(pa.BufferReader(raw), read_options=pj.ReadOptions(block_size=1 << 24))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError):
         return None
     if table.num_rows == 0 or any(k not in table.column_names or table.column(k).null_count for k in required):
@@ -104,17 +121,20 @@ def _check_rows(ds, spec: DatasetSpec, where: str) -> None:
             raise SFTError(f"{where}: row {i + 1}: {problem}")
 
 
-def _load_file(path: Path, spec: DatasetSpec):
-    """One local file as a ``datasets.Dataset``; json/jsonl are checked row by row first."""
+def _load_file(path: Path, spec: DatasetSpec, digests: dict):
+    """One local file as a ``datasets.Dataset``, its bytes read once: their sha256 goes to ``digests``
+    (the cache key's), and json/jsonl are checked row by row from the same bytes."""
     import datasets
 
+    raw = path.read_bytes()
+    digests[path] = hashlib.sha256(raw).hexdigest()
     required = spec.required_keys()
     if path.suffix in (".json", ".jsonl"):
-        decode_utf8(path)  # Arrow's json reader would pass bad bytes on silently
-        fast = _fast_json(path, required)
+        text = _decode(raw, path)  # Arrow's json reader would pass bad bytes on silently
+        fast = _fast_json(raw, required)
         if fast is not None and (spec.kind != "messages" or arrow_conversations_ok(fast.data.column("messages"))):
             return fast
-        rows = read_json_rows(path, required, _row_check(spec))  # slow, but names the file and line of any problem
+        rows = _json_rows(text, path, required, _row_check(spec))  # slow, but names the file and line of a problem
         try:
             return datasets.Dataset.from_list(rows)
         except Exception as err:  # arrow type clashes between rows
@@ -123,7 +143,7 @@ def _load_file(path: Path, spec: DatasetSpec):
     if kind is None:
         raise SFTError(f"{path}: unsupported file type; use json, jsonl, parquet, csv or arrow")
     if kind == "csv":
-        decode_utf8(path)  # datasets' csv reader would fail with a traceback on bad bytes
+        _decode(raw, path)  # datasets' csv reader would fail with a traceback on bad bytes
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as err:  # a corrupt parquet/arrow file, a ragged csv row...
@@ -158,35 +178,37 @@ def _split_file(folder: Path, split: str) -> Path | None:
     return found[0] if found else None
 
 
-def load_local(spec: DatasetSpec, source: str) -> dict:
-    """{split: datasets.Dataset} from a file, a folder of split files, or a ``save_to_disk`` folder."""
+def load_local(spec: DatasetSpec, source: str) -> tuple[dict, str]:
+    """({split: datasets.Dataset}, fingerprint) from a file, a folder of split files, or a ``save_to_disk``
+    folder; each file is read once, for its rows and its part of the fingerprint (``fingerprint_source``)."""
     import datasets
 
     path = Path(source).expanduser()
     if not path.exists():
         raise SFTError(f"data path {path} does not exist")
+    digests: dict = {}
     if path.is_file():
-        return {spec.train_split: _load_file(path, spec)}
+        return {spec.train_split: _load_file(path, spec, digests)}, fingerprint_source(spec, source, digests=digests)
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-        loaded = datasets.load_from_disk(str(path))
+        loaded = datasets.load_from_disk(str(path))  # memory-mapped: the fingerprint reads the bytes
         splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {spec.train_split: loaded}
         for split, ds in splits.items():
             _check_columns(ds, spec.required_keys(), f"{path} ({split})")
             _check_rows(ds, spec, f"{path} ({split})")
-        return splits
+        return splits, fingerprint_source(spec, source)
     out = {}
     for split in [spec.train_split] + ([spec.eval_split] if spec.eval_split else []):
         file = _split_file(path, split)
         if file is None:
             raise SFTError(f"data folder {path} has no {split}.json or {split}.jsonl "
                            f"(also tried {', '.join(SPLIT_FILE_SUFFIXES[2:])}, data/{split}-*.parquet)")
-        out[split] = _load_file(file, spec)
-    return out
+        out[split] = _load_file(file, spec, digests)
+    return out, fingerprint_source(spec, source, digests=digests)
 
 
 def row_location(source: str, split: str, index: int) -> str:
-    """Where row ``index`` (0-based) of a local set's ``split`` is: ``file:line`` for json lines,
-    ``file:row`` for a json list, else the file (or folder) and the row number."""
+    """Where row ``index`` (0-based) of a local set's ``split`` is: ``file:line`` for json and json lines,
+    else the file (or folder) and the row number."""
     path = Path(source).expanduser()
     if path.is_dir():
         found = _split_file(path, split)
@@ -194,14 +216,14 @@ def row_location(source: str, split: str, index: int) -> str:
             return f"{path} ({split}): row {index + 1}"
         path = found
     if path.suffix in (".json", ".jsonl"):
-        text = decode_utf8(path)
-        if not text.lstrip().startswith("["):
-            seen = -1
-            for lineno, line in enumerate(text.splitlines(), start=1):
-                seen += bool(line.strip())
-                if seen == index:
-                    return f"{path}:{lineno}"
-        return f"{path}:{index + 1}"
+        text = _decode(path.read_bytes(), path)
+        if text.lstrip().startswith("["):
+            return f"{path}:{_list_item_line(text, index)}"
+        seen = -1
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            seen += bool(line.strip())
+            if seen == index:
+                return f"{path}:{lineno}"
     return f"{path}: row {index + 1}"
 
 
@@ -230,8 +252,10 @@ def hash_file(h, path) -> None:
             h.update(block)
 
 
-def fingerprint_source(spec: DatasetSpec, source: str | None, splits: dict | None = None) -> str:
-    """What the cache key knows about the rows: every local file's bytes, or the hub fingerprint."""
+def fingerprint_source(spec: DatasetSpec, source: str | None, splits: dict | None = None,
+                       digests: dict | None = None) -> str:
+    """What the cache key knows about the rows: the spec, and every local file's name and sha256 (taken
+    from ``digests``, {Path: hex}, for the files already read), or the hub splits' fingerprints."""
     h = hashlib.sha256(repr(dataclasses.astuple(spec)).encode())
     if source is None:
         for split in sorted(splits or {}):
@@ -241,5 +265,10 @@ def fingerprint_source(spec: DatasetSpec, source: str | None, splits: dict | Non
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
         h.update(str(f.relative_to(path) if f != path else f.name).encode())
-        hash_file(h, f)
+        digest = (digests or {}).get(f)
+        if digest is None:
+            one = hashlib.sha256()
+            hash_file(one, f)
+            digest = one.hexdigest()
+        h.update(digest.encode())
     return h.hexdigest()

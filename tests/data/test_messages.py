@@ -77,10 +77,10 @@ def test_smollm2_template_labels_exactly_the_assistant_turns(smol_tok):
 
 
 def test_messages_dataset_is_cached_with_the_template_and_masks_labels(tmp_path, world, toy_chat_tok):
-    spec, source = resolve_data_path(str(world["chat"]))
-    assert spec.kind == "messages" and source == str(world["chat"])  # a bare folder of chats is recognised
+    resolved = resolve_data_path(str(world["chat"]))
+    assert resolved.spec.kind == "messages" and resolved.source == str(world["chat"])  # a bare folder of chats
     train, evals = create_prompt_dataset(0, [f"messages={world['chat']}"], "10,0,0", str(tmp_path), 1, 1234,
-                                         toy_chat_tok, 128, pad_to_max_len=True)
+                                         toy_chat_tok, 128, batching="compat")
     rows = [json.loads(line) for line in open(world["chat"] / "train.json")]
     assert len(train) == len(rows) and len(evals) > 0
     sample = train[0]

@@ -21,7 +21,7 @@ def test_dynamic_padding_pads_to_a_multiple_of_8_and_keeps_content(world, tok, t
     kw = dict(end_of_conversation_token=tok.eos_token)
     compat, _ = data.create_prompt_dataset(0, [str(world["data"])], "10,0,0", str(tmp_path), 1, 1, tok, 64, **kw)
     dyn, _ = data.create_prompt_dataset(0, [str(world["data"])], "10,0,0", str(tmp_path), 1, 1, tok, 64,
-                                        pad_to_max_len=False, **kw)
+                                        batching="dynamic", **kw)
     batch = collate.DynamicPaddingCollator(tok.pad_token_id)([dyn[i] for i in range(16)])
     longest = max(int(compat[i]["attention_mask"].sum()) for i in range(16))
     assert batch["input_ids"].shape == (16, -(-longest // 8) * 8) and batch["input_ids"].shape[1] < 64
@@ -36,7 +36,7 @@ def test_packing_keeps_attention_inside_each_sample(world, tok, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(str(world["opt"])).eval()
     dyn, _ = data.create_prompt_dataset(0, [str(world["data"])], "10,0,0", str(tmp_path), 1, 1, tok, 64,
-                                        end_of_conversation_token=tok.eos_token, pad_to_max_len=False)
+                                        end_of_conversation_token=tok.eos_token, batching="packing")
     packed = collate.PackedDataset(dyn, 64)
     assert len(packed) < len(dyn) and len(packed.bins[0]) >= 2
     batch = collate.PackingCollator(tok.pad_token_id)([packed[0], packed[1]])
@@ -64,7 +64,7 @@ def test_labels_2023_are_the_input_ids_padding_included(world, tok, tmp_path):
     assert not parse_args(["--model_name_or_path", "x"]).labels_2023, "off by default"
     kw = dict(end_of_conversation_token=tok.eos_token)
     old, old_eval = data.create_prompt_dataset(0, [str(world["data"])], "10,0,0", str(tmp_path), 1, 1234, tok, 64,
-                                               train_on_padding=True, **kw)
+                                               labels_2023=True, **kw)
     rows = data.read_json_rows(world["data"] / "train.json")
     for i, j in enumerate(numpy_recipe(1234, "10,0,0", len(rows))[0][:4]):
         text = rows[int(j)]["prompt"] + rows[int(j)]["chosen"] + tok.eos_token
@@ -75,7 +75,7 @@ def test_labels_2023_are_the_input_ids_padding_included(world, tok, tmp_path):
     assert torch.equal(old_eval[0]["labels"], old_eval[0]["input_ids"]), "the 2023 eval perplexity counted padding too"
     today, _ = data.create_prompt_dataset(0, [str(world["data"])], "10,0,0", str(tmp_path), 1, 1234, tok, 64, **kw)
     assert (today[0]["labels"] == -100).any() and not (old[0]["labels"] == -100).any()
-    for extra in ({"mask_prompt": True}, {"pad_to_max_len": False}):
+    for extra in ({"mask_prompt": True}, {"batching": "dynamic"}, {"batching": "packing"}):
         with pytest.raises(SFTError, match="--labels_2023"):
             data.create_prompt_dataset(0, [str(world["data"])], "10,0,0", str(tmp_path), 1, 1234, tok, 64,
-                                       train_on_padding=True, **kw, **extra)
+                                       labels_2023=True, **kw, **extra)

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from sftlib import data
+from sftlib.data.registry import get_field, render, row_keys
 from sftlib.errors import SFTError
 from tests.data.helpers import FIX, write_jsonl
 
@@ -63,9 +64,9 @@ def test_registered_dataset_reads_its_real_layout(name, tok, tmp_path):
 
 def test_templates_read_nested_fields_and_name_their_row_keys():
     row = {"q": "x?", "a": [{"text": "y."}]}
-    assert data.render(" Human: {q} Assistant: {a.0.text}", row) == " Human: x? Assistant: y."
-    assert data.render("{a.1.text}", row) is None and data.get_field(row, "a.-1.text") == "y."
-    assert data.row_keys(["{q}{a.0.text}", None, "{_derived}"], extra=("q", "labels")) == ["q", "a", "labels"]
+    assert render(" Human: {q} Assistant: {a.0.text}", row) == " Human: x? Assistant: y."
+    assert render("{a.1.text}", row) is None and get_field(row, "a.-1.text") == "y."
+    assert row_keys(["{q}{a.0.text}", None, "{_derived}"], extra=("q", "labels")) == ["q", "a", "labels"]
 
 
 def test_user_mapping_file_adds_a_dataset_without_code(tok, tmp_path):

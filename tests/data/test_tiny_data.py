@@ -163,7 +163,7 @@ def test_an_empty_split_cached_by_an_older_version_is_rebuilt(world, tok, tmp_pa
     import datasets
 
     from sftlib.data import cache_problem, create_prompt_dataset
-    from sftlib.data.cache import _manifest
+    from sftlib.data.cache import manifest
 
     write_jsonl(tmp_path / "rows" / "train.json", prompt_rows(world, 9))
     write_jsonl(tmp_path / "rows" / "eval.json", prompt_rows(world, 9, start=9))
@@ -175,7 +175,7 @@ def test_an_empty_split_cached_by_an_older_version_is_rebuilt(world, tok, tmp_pa
     shutil.rmtree(folder / "eval")
     shutil.copytree(tmp_path / "empty", folder / "eval")
     meta = json.loads((folder / "meta.json").read_text())
-    (folder / "meta.json").write_text(json.dumps({**meta, "eval_rows": 0, "files": _manifest(folder)}))
+    (folder / "meta.json").write_text(json.dumps({**meta, "eval_rows": 0, "files": manifest(folder)}))
     assert cache_problem(folder) == "it holds an empty split"
     with pytest.warns(UserWarning, match="it holds an empty split"):
         _, rebuilt = create_prompt_dataset(*args)
@@ -189,13 +189,13 @@ def test_a_blend_needs_rows_in_total_not_from_every_set(world, tok, tmp_path):
     write_jsonl(tmp_path / "big" / "eval.json", prompt_rows(world, 10, start=40))
     write_jsonl(tmp_path / "tiny.jsonl", prompt_rows(world, 2, start=50))  # 2 rows: no eval row of its own
     train, evals = create_prompt_dataset(0, [str(tmp_path / "big"), f"local/jsonfile={tmp_path / 'tiny.jsonl'}"],
-                                         "10,0,0", str(tmp_path / "c"), 1, 1234, tok, 64, blend_weights=[1, 1])
+                                         "10,0,0", str(tmp_path / "c"), 1, 1234, tok, 64, data_weights=[1, 1])
     assert len(train) == 42 and len(evals) == 10  # the empty eval part drops out of the blend
     # a set left empty by the split drops out with its own weight, not the next set's
     write_jsonl(tmp_path / "four" / "train.json", prompt_rows(world, 4, start=60))  # 2,4,4 gives phase 1 none
     write_jsonl(tmp_path / "four" / "eval.json", prompt_rows(world, 4, start=60))
     train, _ = create_prompt_dataset(0, [str(tmp_path / "four"), str(tmp_path / "big")], "2,4,4", str(tmp_path / "c"),
-                                     1, 1234, tok, 64, blend_weights=[5, 1])
+                                     1, 1234, tok, 64, data_weights=[5, 1])
     assert len(train) == 8  # all of big's phase-1 part (20% of 40), not 5/6 of it
     assert empty_splits(tmp_path / "c") == []
 
