@@ -1,6 +1,7 @@
 """messages data: chats rendered with the chat template, labels on the assistant turns only."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -107,8 +108,56 @@ def test_a_tokenizer_without_a_template_names_the_flag(tmp_path, world):
         create_prompt_dataset(0, [f"messages={world['chat']}"], "10,0,0", str(tmp_path), 1, 1234, tok, 64)
 
 
-def test_bad_conversations_fail_in_one_line(tmp_path, toy_chat_tok):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"messages": [{"role": "user"}]}) + "\n")
-    with pytest.raises(SFTError, match="messages\\[0\\] needs a string 'role' and a string 'content'"):
-        create_prompt_dataset(0, [f"messages={bad}"], "10,0,0", str(tmp_path / "out"), 1, 1234, toy_chat_tok, 64)
+MALFORMED = [  # (case, the bad row's messages, what the error says)
+    ("empty list", [], "'messages' must be a non-empty list of {role, content} objects"),
+    ("a string", "Hi, who are you?", "'messages' must be a non-empty list"),
+    ("an object", {"role": "user", "content": "Hi"}, "'messages' must be a non-empty list"),
+    ("null", None, "'messages' must be a non-empty list"),
+    ("no content", [{"role": "user"}], "messages[0] needs a string 'role' and a string 'content'"),
+    ("no role", [{"content": "Hi"}], "messages[0] needs a string 'role' and a string 'content'"),
+    ("role a number", [{"role": 1, "content": "Hi"}], "messages[0] needs a string 'role'"),
+    ("turn a string", [{"role": "user", "content": "Hi"}, "assistant: Hello"], "messages[1] needs a string 'role'"),
+    ("content a list", [{"role": "user", "content": ["Hi"]}, {"role": "assistant", "content": "Hello"}],
+     "messages[0] needs a string 'role' and a string 'content'"),
+    ("unknown role", [{"role": "user", "content": "Hi"}, {"role": "robot", "content": "Beep"}],
+     "messages[1] has the role 'robot'; a turn's role is system, user, assistant or tool"),
+]
+
+
+def chats_with_a_bad_row(world, folder, layout, messages, bad=12):
+    """20 of the toy chats with row ``bad`` (0-based) replaced, as json lines or as an indented json list;
+    returns the file and the line the bad row starts on."""
+    rows = [json.loads(line) for line in (world["chat"] / "train.json").read_text().splitlines()[:20]]
+    rows[bad] = {"messages": messages}
+    path = folder / f"chats.{layout}"
+    if layout == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path, bad + 1
+    path.write_text(json.dumps(rows, indent=1))
+    starts = [i for i, line in enumerate(path.read_text().splitlines(), start=1) if line == " {"]
+    return path, starts[bad]
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "json"])
+@pytest.mark.parametrize("case, messages, message", MALFORMED, ids=[c[0] for c in MALFORMED])
+def test_a_malformed_messages_row_is_one_line_naming_file_and_line(world, toy_chat_tok, tmp_path, capsys, layout,
+                                                                   case, messages, message):
+    """As a bad json line: ``error: FILE:LINE: ...``, exit 2, no traceback, nothing written (the command
+    line), and the same line from the library, before its output folder exists."""
+    from sftlib import cli, train
+
+    path, line = chats_with_a_bad_row(world, tmp_path, layout, messages)
+    argv = ["--model_name_or_path", str(world["opt"]), "--data_path", f"messages={path}", "--chat_template",
+            str(world["chat"] / "chat_template.jinja"), "--data_split", "10,0,0", "--max_seq_len", "64",
+            "--dtype", "fp32", "--data_output_path", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out")]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SystemExit) as info:
+        cli.run(train.main, argv)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert info.value.code == 2 and "Traceback" not in captured.err + captured.out
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}:{line}: {message}"), captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "nothing written"
+    with pytest.raises(SFTError, match="^" + re.escape(f"{path}:{line}: {message}")):
+        create_prompt_dataset(0, [f"messages={path}"], "10,0,0", str(tmp_path / "lib"), 1, 1234, toy_chat_tok, 64)
+    assert not (tmp_path / "lib").exists()
