@@ -135,6 +135,34 @@ TRAIN_COLUMNS = [("ranks", "ranks", ""), ("ZeRO", "zero", ""), ("batching", "bat
                  ("wall s", "wall_s", ".0f")]
 
 
+def batching_section(world, args, runs: dict, cache: str) -> list[str]:
+    """Pad-to-max, dynamic padding and packing on one rank, ZeRO 0: the table's lines (runs kept in ``runs``)."""
+    for batching in ("pad-to-max", "dynamic", "packing"):
+        batch = args.packing_batch_size if batching == "packing" else args.per_device_train_batch_size
+        runs[(1, 0, batching)] = run_train(world, 1, 0, batching, args.max_seq_len, batch, cache, 0)
+        print(table([runs[(1, 0, batching)]], TRAIN_COLUMNS).splitlines()[-1], flush=True)
+    base = runs[(1, 0, "pad-to-max")]["samples_per_s"]
+    ratio = {b: runs[(1, 0, b)]["samples_per_s"] / base for b in ("dynamic", "packing")}
+    return [f"## Batching at max_seq_len {args.max_seq_len} (1 rank, ZeRO 0, micro batch "
+            f"{args.per_device_train_batch_size}; packing {args.packing_batch_size} rows of up to "
+            f"{args.max_seq_len} tokens)", "",
+            table([runs[(1, 0, b)] for b in ("pad-to-max", "dynamic", "packing")], TRAIN_COLUMNS), "",
+            f"dynamic padding: {ratio['dynamic']:.1f}x the samples/s of pad-to-max; "
+            f"packing: {ratio['packing']:.1f}x", ""]
+
+
+def zero_section(world, args, runs: dict, cache: str) -> list[str]:
+    """ZeRO 0-3 on one and two CPU ranks with dynamic padding: the table's lines (reusing runs already made)."""
+    for ranks in (1, 2):
+        for zero in (0, 1, 2, 3):
+            if (ranks, zero, "dynamic") not in runs:
+                runs[(ranks, zero, "dynamic")] = run_train(world, ranks, zero, "dynamic", args.max_seq_len,
+                                                           args.per_device_train_batch_size, cache, 29640 + zero)
+            print(table([runs[(ranks, zero, "dynamic")]], TRAIN_COLUMNS).splitlines()[-1], flush=True)
+    return [f"## ZeRO stages, one and two CPU ranks (dynamic padding, max_seq_len {args.max_seq_len})", "",
+            table([runs[(r, z, "dynamic")] for r in (1, 2) for z in (0, 1, 2, 3)], TRAIN_COLUMNS), ""]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parts", nargs="+", default=["data", "batching", "zero"], choices=["data", "batching", "zero"])
@@ -158,28 +186,9 @@ def main(argv=None) -> int:
         print("\n".join(lines[-4:]), flush=True)
     runs = {}
     if "batching" in args.parts:
-        for batching in ("pad-to-max", "dynamic", "packing"):
-            batch = args.packing_batch_size if batching == "packing" else args.per_device_train_batch_size
-            runs[(1, 0, batching)] = run_train(world, 1, 0, batching, args.max_seq_len, batch, cache, 0)
-            print(table([runs[(1, 0, batching)]], TRAIN_COLUMNS).splitlines()[-1], flush=True)
-        base = runs[(1, 0, "pad-to-max")]["samples_per_s"]
-        ratio = {b: runs[(1, 0, b)]["samples_per_s"] / base for b in ("dynamic", "packing")}
-        lines += [f"## Batching at max_seq_len {args.max_seq_len} (1 rank, ZeRO 0, micro batch "
-                  f"{args.per_device_train_batch_size}; packing {args.packing_batch_size} rows of up to "
-                  f"{args.max_seq_len} tokens)", "",
-                  table([runs[(1, 0, b)] for b in ("pad-to-max", "dynamic", "packing")], TRAIN_COLUMNS), "",
-                  f"dynamic padding: {ratio['dynamic']:.1f}x the samples/s of pad-to-max; "
-                  f"packing: {ratio['packing']:.1f}x", ""]
+        lines += batching_section(world, args, runs, cache)
     if "zero" in args.parts:
-        for ranks in (1, 2):
-            for zero in (0, 1, 2, 3):
-                if (ranks, zero, "dynamic") not in runs:
-                    runs[(ranks, zero, "dynamic")] = run_train(world, ranks, zero, "dynamic", args.max_seq_len,
-                                                               args.per_device_train_batch_size, cache,
-                                                               29640 + zero)
-                print(table([runs[(ranks, zero, "dynamic")]], TRAIN_COLUMNS).splitlines()[-1], flush=True)
-        lines += [f"## ZeRO stages, one and two CPU ranks (dynamic padding, max_seq_len {args.max_seq_len})", "",
-                  table([runs[(r, z, "dynamic")] for r in (1, 2) for z in (0, 1, 2, 3)], TRAIN_COLUMNS), ""]
+        lines += zero_section(world, args, runs, cache)
     lines += [f"Command: `{' '.join(['python', 'bench/bench_train_throughput.py', *(argv or sys.argv[1:])])}` "
               f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'cores per rank')}); "
               f"peak of this script itself {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"]

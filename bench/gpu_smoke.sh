@@ -21,7 +21,8 @@
 #    notebook 06's hybrid-engine lesson (it generates, or refuses in one line where the pinned transformers
 #    cannot take DeepSpeed's inference layer). Models: ~125M parameters from OPT-125m's (and a
 #    same-size Llama's) configuration with the toy tokenizer.
-# 4. One table: samples/s, TFLOPs per device, MFU against PEAK_TFLOPS (H200/H100 bf16 dense: 989), peak
+# 4. One table: what each row measured (its setting, and the steps its rates are the median of, or what its
+#    checks found), samples/s, TFLOPs per device, MFU against PEAK_TFLOPS (H200/H100 bf16 dense: 989), peak
 #    GPU memory (nvidia-smi, sampled), result. Exit status 0 when no row failed or ran out of time.
 #
 # Time: SMOKE_BUDGET seconds (default 480) from the end of the preflight to the table; each row has its own
@@ -101,11 +102,23 @@ else
 fi
 
 # -------------------------------------------------------------------------------------------- rows
+# What each row measures, for the table's "measured" column (no quotes or backslashes: it goes into JSON).
+declare -A WHAT=([fp16_zero0]="OPT-125m fp16 ZeRO-0, 16 x up to 512 tokens (dynamic padding)"
+                 [bf16_zero2]="OPT-125m bf16 ZeRO-2, 16 x up to 512 tokens"
+                 [bf16_zero3_lora_gc]="OPT-125m bf16 ZeRO-3, LoRA 64 only, gradient checkpointing"
+                 [packing_padding_free_sdpa]="Llama-125m bf16, 2 packed rows of 2048, padding-free sdpa"
+                 [packing_flatten_flash_attention]="Llama-125m bf16, 2 packed rows of 2048 flattened, FlashAttention"
+                 [killed_before_final_save]="the fp16 run SIGKILLed after its step-8 checkpoint, before its final save"
+                 [resume]="the killed run resumed from its step-8 checkpoint"
+                 [resume_equals_uninterrupted]="resumed vs uninterrupted fp16 run, per-step losses and weights"
+                 [prompt_eval_gpu]="prompt_eval, baseline vs fine-tuned, greedy, $GPU_DTYPE"
+                 [hybrid_engine]="notebook 06 hybrid-engine lesson, $GPU_DTYPE")
+
 record() {  # record NAME RC [SKIP_REASON]: the row's line for the table
     local reason=${3:-}
-    printf '{"n": %d, "name": "%s", "rc": %d, "log": "%s", "mem": "%s", "skip": %s}\n' $((++ROWS)) "$1" "$2" \
-        "$OUT/$1.log" "$OUT/$1.mem" "$( [[ -n "$reason" ]] && printf '"%s"' "$reason" || printf null)" \
-        > "$OUT/$1.row.json"
+    printf '{"n": %d, "name": "%s", "what": "%s", "rc": %d, "log": "%s", "mem": "%s", "skip": %s}\n' $((++ROWS)) \
+        "$1" "${WHAT[$1]:-}" "$2" "$OUT/$1.log" "$OUT/$1.mem" \
+        "$( [[ -n "$reason" ]] && printf '"%s"' "$reason" || printf null)" > "$OUT/$1.row.json"
 }
 
 limit_for() {  # limit_for NAME: this row's limit, never past the budget (0: no time left for it)

@@ -162,15 +162,8 @@ def _history(folder) -> dict:
     return json.loads((Path(folder) / "training_history.json").read_text())
 
 
-def compare_checks(ref: str, got: str, initial: str, log: str | None, weight_rtol: float = WEIGHT_RTOL,
-                   tensor_rtol: float = TENSOR_RTOL, loss_rtol: float = LOSS_RTOL) -> list[tuple[bool, str]]:
-    """Each check of a resumed run (``got``) against the uninterrupted one (``ref``), as (passed, line).
-
-    GPU kernels are not bitwise deterministic, so the weights are compared relative to how far training
-    moved them from ``initial``: a resume that restored nothing (the initial weights, or training from the
-    start again after the checkpoint) is about as far from ``ref`` as ``ref`` is from ``initial``."""
-    checks = []
-    a, b, init = _weights(ref), _weights(got), _weights(initial)
+def _weight_checks(a: dict, b: dict, init: dict, weight_rtol: float, tensor_rtol: float) -> list[tuple[bool, str]]:
+    """Resumed (``b``) against uninterrupted (``a``) weights, relative to how far training moved ``a`` from ``init``."""
     if a.keys() != b.keys():
         return [(False, f"weights: the tensor names differ ({sorted(a.keys() ^ b.keys())[:3]} ...)")]
     common = [k for k in a if k in init and init[k].shape == a[k].shape]
@@ -186,36 +179,55 @@ def compare_checks(ref: str, got: str, initial: str, log: str | None, weight_rto
         worst = max(worst, (ratio, k))
     moved, diff = math.sqrt(moved2), math.sqrt(diff2)
     ratio = diff / moved if moved > 0 else math.inf
-    checks.append((moved > 0 and ratio <= weight_rtol,
-                   f"weights: |resumed - uninterrupted| = {ratio:.2%} of |uninterrupted - initial| "
-                   f"(at most {weight_rtol:.0%}; {len(common)} tensors, training moved them by {moved:.3g})"))
-    checks.append((worst[0] <= tensor_rtol,
-                   f"weights: the furthest tensor, {worst[1]}, is off by {worst[0]:.2%} of its movement "
-                   f"(at most {tensor_rtol:.0%})"))
-    h_ref, h_got = _history(ref), _history(got)
-    same_steps = h_ref["step"] == h_got["step"] and len(h_ref["loss"]) == len(h_got["loss"])
-    if not same_steps:
-        counts = f"{len(h_ref['step'])} vs {len(h_got['step'])}"
-        checks.append((False, f"losses: the runs logged different steps ({counts})"))
-    else:
-        off = [(s, x, y) for s, x, y in zip(h_ref["step"], h_ref["loss"], h_got["loss"])
-               if not abs(y - x) <= loss_rtol * abs(x)]
-        worst_step = off[0] if off else None
-        checks.append((not off and len(h_ref["step"]) > 0,
-                       f"losses: {len(h_ref['step']) - len(off)} of {len(h_ref['step'])} steps within {loss_rtol:.0%}"
-                       + (f"; step {worst_step[0]}: {worst_step[2]:.4f} vs {worst_step[1]:.4f}" if off else "")))
-    if log is not None:
-        from sftlib.logs import parse_log
+    return [(moved > 0 and ratio <= weight_rtol,
+             f"weights: |resumed - uninterrupted| = {ratio:.2%} of |uninterrupted - initial| "
+             f"(at most {weight_rtol:.0%}; {len(common)} tensors, training moved them by {moved:.3g})"),
+            (worst[0] <= tensor_rtol,
+             f"weights: the furthest tensor, {worst[1]}, is off by {worst[0]:.2%} of its movement "
+             f"(at most {tensor_rtol:.0%})")]
 
-        text = Path(log).read_text(errors="replace") if Path(log).exists() else ""
-        steps = [int(s) for s in parse_log(text).query("kind == 'sft_step'")["step"].dropna()]
-        resumed = "resumed from" in text
-        tail_ok = bool(steps) and steps[0] > 1 and steps == h_got["step"][-len(steps):] and same_steps
-        checks.append((resumed and tail_ok,
-                       "resume: " + (f"the resumed process ran steps {steps[0]}-{steps[-1]} of {h_got['step'][-1]}"
-                                     if steps and h_got["step"] else "the resumed process logged no step")
-                       + ("" if resumed else "; its log has no 'resumed from' line (it started afresh)")
-                       + ("" if tail_ok or not steps else "; not the last steps of the run, after step 1")))
+
+def _loss_check(h_ref: dict, h_got: dict, loss_rtol: float) -> tuple[bool, str]:
+    """Each logged step's loss of the resumed run within ``loss_rtol`` of the uninterrupted run's."""
+    if not (h_ref["step"] == h_got["step"] and len(h_ref["loss"]) == len(h_got["loss"])):
+        return False, f"losses: the runs logged different steps ({len(h_ref['step'])} vs {len(h_got['step'])})"
+    off = [(s, x, y) for s, x, y in zip(h_ref["step"], h_ref["loss"], h_got["loss"])
+           if not abs(y - x) <= loss_rtol * abs(x)]
+    return (not off and len(h_ref["step"]) > 0,
+            f"losses: {len(h_ref['step']) - len(off)} of {len(h_ref['step'])} steps within {loss_rtol:.0%}"
+            + (f"; step {off[0][0]}: {off[0][2]:.4f} vs {off[0][1]:.4f}" if off else ""))
+
+
+def _resume_check(log: str, h_got: dict, same_steps: bool) -> tuple[bool, str]:
+    """The resumed process's log: a 'resumed from' line, then the run's last steps (after step 1)."""
+    from sftlib.logs import parse_log
+
+    text = Path(log).read_text(errors="replace") if Path(log).exists() else ""
+    steps = [int(s) for s in parse_log(text).query("kind == 'sft_step'")["step"].dropna()]
+    resumed = "resumed from" in text
+    tail_ok = bool(steps) and steps[0] > 1 and steps == h_got["step"][-len(steps):] and same_steps
+    return (resumed and tail_ok,
+            "resume: " + (f"the resumed process ran steps {steps[0]}-{steps[-1]} of {h_got['step'][-1]}"
+                          if steps and h_got["step"] else "the resumed process logged no step")
+            + ("" if resumed else "; its log has no 'resumed from' line (it started afresh)")
+            + ("" if tail_ok or not steps else "; not the last steps of the run, after step 1"))
+
+
+def compare_checks(ref: str, got: str, initial: str, log: str | None, weight_rtol: float = WEIGHT_RTOL,
+                   tensor_rtol: float = TENSOR_RTOL, loss_rtol: float = LOSS_RTOL) -> list[tuple[bool, str]]:
+    """Each check of a resumed run (``got``) against the uninterrupted one (``ref``), as (passed, line).
+
+    GPU kernels are not bitwise deterministic, so the weights are compared relative to how far training
+    moved them from ``initial``: a resume that restored nothing (the initial weights, or training from the
+    start again after the checkpoint) is about as far from ``ref`` as ``ref`` is from ``initial``."""
+    checks = _weight_checks(_weights(ref), _weights(got), _weights(initial), weight_rtol, tensor_rtol)
+    if len(checks) == 1:  # the weights cannot be compared at all
+        return checks
+    h_ref, h_got = _history(ref), _history(got)
+    checks.append(_loss_check(h_ref, h_got, loss_rtol))
+    if log is not None:
+        same_steps = h_ref["step"] == h_got["step"] and len(h_ref["loss"]) == len(h_got["loss"])
+        checks.append(_resume_check(log, h_got, same_steps))
     return checks
 
 
@@ -282,22 +294,49 @@ def _read_row(path: Path) -> dict:
     try:
         row = json.loads(path.read_text())
         return {"n": int(row.get("n", 0)), "name": str(row["name"]), "rc": int(row.get("rc", 1)),
-                "log": row.get("log", ""), "mem": row.get("mem", ""), "skip": row.get("skip")}
+                "log": row.get("log", ""), "mem": row.get("mem", ""), "skip": row.get("skip"),
+                "what": str(row.get("what") or "")}
     except (OSError, ValueError, KeyError, TypeError) as err:
         return {"n": 10**6, "name": path.name.removesuffix(".row.json"), "rc": 1, "log": "", "mem": "", "skip": None,
                 "broken": f"unreadable row record: {type(err).__name__}"}
 
 
+def measured(row: dict, steps, all_steps: int, log: str) -> str:
+    """What a row measured: its description (``what``, from gpu_smoke.sh), and the steps its rates are the
+    median of, or what its checks found (the ``PASS``/``FAIL`` lines a check prints)."""
+    what = row.get("what") or row["name"]
+    if len(steps):
+        first, last = int(steps["step"].iloc[0]), int(steps["step"].iloc[-1])
+        return f"{what}; median of steps {first}-{last} of {all_steps}"
+    checks = [line for line in log.splitlines() if line.startswith(("PASS ", "FAIL "))]
+    if len(checks) == 1:
+        detail = checks[0].split(" ", 1)[1]
+        return f"{what}: {detail[:90]}{' ...' if len(detail) > 90 else ''}"
+    if checks:
+        return f"{what}: {sum(c.startswith('PASS ') for c in checks)} of {len(checks)} checks passed"
+    return what
+
+
+def _result(row: dict) -> str:
+    if row.get("broken"):
+        return f"FAIL ({row['broken']})"
+    if row["skip"]:
+        return f"skipped: {row['skip']}"
+    return {0: "PASS", 124: "FAIL (timed out)", 125: "SKIPPED (time budget)",
+            137: "FAIL (killed after the time limit)"}.get(row["rc"], f"FAIL (rc {row['rc']})")
+
+
 def table(out: str, peak_tflops: float) -> str:
-    """One markdown row per ``*.row.json`` that gpu_smoke.sh wrote (name, rc, log, memory trace)."""
+    """One markdown row per ``*.row.json`` that gpu_smoke.sh wrote (name, what, rc, log, memory trace)."""
     from sftlib.logs import parse_log
 
-    lines = ["| row | samples/s | TFLOPs | MFU | peak GPU memory GiB | result |", "|---|---|---|---|---|---|"]
+    lines = ["| row | measured | samples/s | TFLOPs | MFU | peak GPU memory GiB | result |",
+             "|---|---|---|---|---|---|---|"]
     for row in sorted((_read_row(p) for p in Path(out).glob("*.row.json")), key=lambda r: (r["n"], r["name"])):
         log = Path(row["log"]).read_text(errors="replace") if row["log"] and Path(row["log"]).is_file() else ""
         df = parse_log(log + "\n")
-        steps = df[df.kind == "sft_step"]
-        steps = steps.iloc[2:] if len(steps) > 4 else steps  # the first steps include warm-up and JIT builds
+        every = df[df.kind == "sft_step"]
+        steps = every.iloc[2:] if len(every) > 4 else every  # the first steps include warm-up and JIT builds
         rates, tflops = steps["samples_per_s"].dropna(), steps["tflops"].dropna()
         rate = f"{rates.median():.1f}" if len(rates) else "-"
         tf = tflops.median() if len(tflops) else float("nan")
@@ -305,14 +344,9 @@ def table(out: str, peak_tflops: float) -> str:
             else []
         peak = f"{max(mem) / 1024:.1f}" if mem else "-"
         tf_text, mfu = (f"{tf:.1f}", f"{100 * tf / peak_tflops:.1f}%") if tf == tf else ("-", "-")
-        if row.get("broken"):
-            result = f"FAIL ({row['broken']})"
-        elif row["skip"]:
-            result = f"skipped: {row['skip']}"
-        else:
-            result = {0: "PASS", 124: "FAIL (timed out)", 125: "SKIPPED (time budget)",
-                      137: "FAIL (killed after the time limit)"}.get(row["rc"], f"FAIL (rc {row['rc']})")
-        lines.append(f"| {row['name']} | {rate} | {tf_text} | {mfu} | {peak} | {result} |")
+        what = measured(row, steps, len(every), log) if not row["skip"] and not row.get("broken") \
+            else row.get("what") or row["name"]
+        lines.append(f"| {row['name']} | {what} | {rate} | {tf_text} | {mfu} | {peak} | {_result(row)} |")
     return "\n".join(lines)
 
 

@@ -203,8 +203,10 @@ esac
 def test_rows_are_isolated_and_one_table_is_printed(fake_gpu):
     proc, rows, table = fake_gpu()
     assert proc.returncode == 1, proc.stdout + proc.stderr  # rows failed, so the script does
-    assert table[0].startswith("| row | samples/s") and proc.stdout.count("| row |") == 1
-    assert rows["fp16_zero0"] == "| fp16_zero0 | 100.0 | 98.9 | 10.0% | - | PASS |", "[N/A] memory: '-', no crash"
+    assert table[0].startswith("| row | measured | samples/s") and proc.stdout.count("| row |") == 1
+    assert rows["fp16_zero0"] == ("| fp16_zero0 | OPT-125m fp16 ZeRO-0, 16 x up to 512 tokens (dynamic padding); "
+                                  "median of steps 3-6 of 6 | 100.0 | 98.9 | 10.0% | - | PASS |"), "[N/A] memory: '-'"
+    assert rows["hybrid_engine"].startswith("| hybrid_engine | notebook 06 hybrid-engine lesson, bf16 | - |")
     assert rows["bf16_zero2"].endswith("| FAIL (rc 3) |"), "the failing row"
     after = ["bf16_zero3_lora_gc", "packing_padding_free_sdpa", "resume", "prompt_eval_gpu", "hybrid_engine"]
     assert all(rows[name].endswith("| PASS |") for name in after), "every row after it still ran"
@@ -258,11 +260,20 @@ def test_table_reads_rows_logs_and_memory(tmp_path):
                                                      "skip": "bf16 needs compute capability 8.0+"}))
     (tmp_path / "d.row.json").write_text(json.dumps({"n": 4, "name": "d", "rc": 124, "log": str(tmp_path / "none"),
                                                      "mem": str(tmp_path / "none")}))
+    (tmp_path / "e.log").write_text("PASS weights\nPASS more weights\nFAIL losses: 3 of 8 steps\nPASS resume\n")
+    (tmp_path / "f.log").write_text("$ python -m x\nerror: no\nPASS refused in one line before DeepSpeed started: "
+                                    + "the hybrid engine cannot run " + "x" * 100 + "\n")
+    for n, name in ((5, "e"), (6, "f")):
+        (tmp_path / f"{name}.row.json").write_text(json.dumps({"n": n, "name": name, "what": f"check {name}", "rc": 0,
+                                                                "log": str(tmp_path / f"{name}.log"), "mem": ""}))
     table = gpu_smoke_tools.table(str(tmp_path), 989.0).splitlines()
-    assert table[2] == "| a | 100.0 | 98.9 | 10.0% | 4.0 | PASS |", table
-    assert table[3] == "| c | - | - | - | - | skipped: bf16 needs compute capability 8.0+ |"
-    assert table[4] == "| d | - | - | - | - | FAIL (timed out) |"
-    assert table[5].startswith("| b | - | - | - | - | FAIL (unreadable row record"), table
+    assert table[2] == "| a | a; median of steps 3-7 of 7 | 100.0 | 98.9 | 10.0% | 4.0 | PASS |", table
+    assert table[3] == "| c | c | - | - | - | - | skipped: bf16 needs compute capability 8.0+ |"
+    assert table[4] == "| d | d | - | - | - | - | FAIL (timed out) |"
+    assert table[5] == "| e | check e: 3 of 4 checks passed | - | - | - | - | PASS |"
+    assert table[6].startswith("| f | check f: refused in one line before DeepSpeed started: the hybrid engine cannot")
+    assert table[6].endswith(" ... | - | - | - | - | PASS |"), "one check's own words, cut short"
+    assert table[7].startswith("| b | b | - | - | - | - | FAIL (unreadable row record"), table
     assert gpu_smoke_tools.memory_mib("[N/A]\nnan\n-1\n12.5\n") == [12.5]
 
 
