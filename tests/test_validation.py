@@ -205,6 +205,23 @@ def test_on_a_simulated_gpu_host_the_cases_still_see_a_cpu(world, tmp_path, caps
 
 
 
+def test_validation_returns_the_data_it_read_once_per_node(world, tmp_path, monkeypatch):
+    """The node's local rank 0 reads each local file once (rows and fingerprint), for the build to take;
+    its other ranks read no rows (a bad one is local rank 0's to report) and hash the bytes later."""
+    from sftlib.arguments import parse_args, validate_args
+
+    args = parse_args(argv_for(world, tmp_path, {"--data_path": bad_data(world, tmp_path, "json")}))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    checked = validate_args(args)
+    assert [(s.entry, s.splits, s.fingerprint) for s in checked.sets] == [(args.data_path[0], None, None)]
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(Exception, match="train.json:7: malformed json"):
+        validate_args(args)
+    good = validate_args(parse_args(argv_for(world, tmp_path, {})))
+    assert good.is_for([str(world["data"])], [], "10,0,0")
+    assert len(good.sets[0].splits["train"]) == len((world["data"] / "train.json").read_text().splitlines())
+    assert good.sets[0].fingerprint == good.fingerprinted().sets[0].fingerprint
+
 # --------------------------------------------------------------------------------------------
 # --help: every flag explained, with its default, and no DeepSpeed import before it
 # --------------------------------------------------------------------------------------------
