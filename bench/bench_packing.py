@@ -4,7 +4,9 @@ Each configuration runs in its own process (so its peak resident memory is its o
 (which honours restarting ``position_ids``; OPT does not, see ``sftlib.collate``) trains a few
 AdamW steps, fp32, on rows of the toy train set packed to ``L`` tokens, ``--rows`` rows per micro
 batch. Reported: samples/s over the timed steps (after one warm-up step; collation included, as in
-training), peak RSS, and the size of the mask the collator builds and ships with each batch.
+training), TFLOPs (``sftlib.perf.StepMeter``: attention counted block-diagonally, each sample's length
+squared), how much counting each row's whole square would overstate them, peak RSS, and the size of
+the mask the collator builds and ships with each batch.
 
     OMP_NUM_THREADS=2 python bench/bench_packing.py            # about 2-4 minutes on 2 loaded cores
     python bench/bench_packing.py --lengths 512 --steps 2       # a quick look
@@ -32,6 +34,7 @@ from bench_train_throughput import machine, table, write_report  # noqa: E402
 
 COLUMNS = [("layout", "mode", ""), ("tokens/row", "length", ""), ("rows/batch", "rows", ""),
            ("timed steps", "steps", ""), ("samples/s", "samples_per_s", ".1f"), ("tokens/s", "tokens_per_s", ".0f"),
+           ("TFLOPs", "tflops", ".4f"), ("row-square count / block-diagonal", "square_over_block", ".2f"),
            ("mask MiB/batch", "mask_mib", ".1f"), ("peak RSS GiB", "peak_gib", ".2f")]
 
 
@@ -46,7 +49,7 @@ def run_one(mode: str, length: int, rows: int, steps: int) -> dict:
     from sftlib import collate, data
     from sftlib.lessons.toy import ensure_toy_world
     from sftlib.model import load_hf_tokenizer
-    from sftlib.perf import packed_samples
+    from sftlib.perf import StepMeter, train_flops
 
     world = ensure_toy_world(("llama",))
     tok = load_hf_tokenizer(str(world["llama"]))
@@ -59,12 +62,13 @@ def run_one(mode: str, length: int, rows: int, steps: int) -> dict:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(world["llama"]), attn_implementation="sdpa").train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    samples = tokens = 0
-    mask_bytes = 0
+    meter, square = StepMeter(model), 0.0  # square: the FLOPs if attention spanned each whole row
+    tokens = mask_bytes = 0
     t0 = 0.0
     for step in range(steps + 1):
         if step == 1:  # the first step is warm-up
             t0 = time.perf_counter()
+            meter.reset()
         batch = dict(next(batches))
         n_tokens = int(batch.pop("num_tokens"))
         mask = batch.get("attention_mask")
@@ -73,11 +77,15 @@ def run_one(mode: str, length: int, rows: int, steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step >= 1:
-            samples, tokens = samples + packed_samples(batch), tokens + n_tokens
+            meter.add(batch, n_tokens)
+            square += train_flops(meter.dims, *batch["input_ids"].shape, trainable=meter.trainable)
+            tokens += n_tokens
     seconds = time.perf_counter() - t0
-    return {"mode": mode, "length": length, "rows": rows, "steps": steps, "samples_per_s": samples / seconds,
-            "tokens_per_s": tokens / seconds, "mask_mib": mask_bytes / 2**20,
-            "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    counts = meter.totals()
+    return {"mode": mode, "length": length, "rows": rows, "steps": steps,
+            "samples_per_s": counts["samples"] / seconds, "tokens_per_s": tokens / seconds,
+            "tflops": counts["flops"] / seconds / 1e12, "square_over_block": square / counts["flops"],
+            "mask_mib": mask_bytes / 2**20, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def main(argv=None) -> int:
