@@ -193,7 +193,8 @@ def create_prompt_dataset(local_rank, data_path, data_split, output_path, train_
     first nine parameters, in its order), then sftlib's, named as their flags.
 
     ``checked_data`` is ``check_data_paths``' result for these entries (``validate_args`` makes it): the
-    build then reads nothing again; without it the entries are checked here (local rank 0 reads the rows).
+    build then reads nothing again; without it the entries are resolved here, their bytes hashed for the
+    cache key, and local rank 0 reads the rows only when it builds.
     The tokenized sets are cached under ``output_path/prompt_dataset_<key>/`` (Arrow); the key is
     ``cache_key_parts``. Local rank 0 of each node builds (under a file lock, so a folder shared by
     several nodes is built once and the others find it complete), as DeepSpeed-Chat; the node's other
@@ -212,8 +213,8 @@ def create_prompt_dataset(local_rank, data_path, data_split, output_path, train_
     check_labels_2023(labels_2023, mask_prompt, batching)
     data_path = [data_path] if isinstance(data_path, str) else list(data_path)
     data_weights = check_data_weights(data_weights, len(data_path))
-    if checked_data is None:
-        checked_data = check_data_paths(data_path, sft_only_data_path, data_split, train_phase, read=local_rank <= 0)
+    if checked_data is None:  # resolved here; the rows are read below, only for a build
+        checked_data = check_data_paths(data_path, sft_only_data_path, data_split, train_phase, read=False)
         print_notes(checked_data)
     elif not checked_data.is_for(data_path, sft_only_data_path, data_split):
         raise SFTError("create_prompt_dataset: checked_data was made for other --data_path, --sft_only_data_path or "
@@ -225,6 +226,9 @@ def create_prompt_dataset(local_rank, data_path, data_split, output_path, train_
     key_parts = cache_key_parts(request, tokenizer, checked_data)
     folder = Path(output_path) / f"prompt_dataset_{cache_key(key_parts)}"
     if local_rank <= 0:
+        if reload or cache_problem(folder) is not None:  # a build: its rows read and split before anything is written
+            checked_data = checked_data.read()
+            check_split_rows(checked_data.sets, train_phase)
         _build_if_needed(folder, reload, key_parts, request, tokenizer, checked_data, run_id)
     else:
         wait_for_cache(folder, timeout_s=wait_timeout, run_id=run_id)

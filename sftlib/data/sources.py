@@ -84,9 +84,10 @@ def _decode(raw: bytes, path: Path) -> str:
                        "save the file as UTF-8") from None
 
 
-def _fast_json(raw: bytes, required):
-    """json lines parsed by Arrow's C++ reader; None whenever anything looks off (then the slow
-    reader runs and reports the exact line)."""
+def _fast_json(raw: bytes, required, digest: str):
+    """json lines parsed by Arrow's C++ reader (the dataset's fingerprint is the bytes' ``digest``, not a
+    hash of the table); None whenever anything looks off (then the slow reader runs and reports the
+    exact line)."""
     import datasets
     import pyarrow as pa
     import pyarrow.json as pj
@@ -99,7 +100,7 @@ def _fast_json(raw: bytes, required):
         return None
     if table.num_rows == 0 or any(k not in table.column_names or table.column(k).null_count for k in required):
         return None
-    return datasets.Dataset(table)
+    return datasets.Dataset(table, fingerprint=digest[:32])
 
 
 def _row_check(spec: DatasetSpec):
@@ -131,7 +132,7 @@ def _load_file(path: Path, spec: DatasetSpec, digests: dict):
     required = spec.required_keys()
     if path.suffix in (".json", ".jsonl"):
         text = _decode(raw, path)  # Arrow's json reader would pass bad bytes on silently
-        fast = _fast_json(raw, required)
+        fast = _fast_json(raw, required, digests[path])
         if fast is not None and (spec.kind != "messages" or arrow_conversations_ok(fast.data.column("messages"))):
             return fast
         rows = _json_rows(text, path, required, _row_check(spec))  # slow, but names the file and line of a problem
