@@ -24,19 +24,22 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from sftlib import checkpoint, cli, collate, lora, utils
+from sftlib import checkpoint, cli, collate, lora, optim, utils
 from sftlib import model as model_utils
-from sftlib.arguments import output_children, parse_args, validate_args
+from sftlib.arguments import batching_mode, output_children, parse_args, validate_args
 from sftlib.constants import IGNORE_INDEX
 from sftlib.data.messages import load_chat_template
 from sftlib.dist import accelerator_name, all_ranks, device_for_rank, init_distributed, local_rank
 from sftlib.errors import SFTError
 from sftlib.history import History, Reporter
+from sftlib.perf import StepMeter, rate_line
+from sftlib.state import Run, TrainState
 from sftlib.utils import print_rank_0
 
 # --------------------------------------------------------------------------------------------
@@ -89,7 +92,6 @@ def build_dataloaders(args, tokenizer):
     """Phase-1 train and eval dataloaders: each rank reads its share through a ``DistributedSampler``
     (torch's defaults, as DeepSpeed-Chat; ``--seeded_sampler`` seeds training and leaves eval unshuffled)."""
     from torch.utils.data import DataLoader
-    from torch.utils.data.distributed import DistributedSampler
 
     from sftlib.data import create_prompt_dataset
 
@@ -97,39 +99,33 @@ def build_dataloaders(args, tokenizer):
     train_dataset, eval_dataset = create_prompt_dataset(
         args.local_rank, args.data_path, args.data_split, args.data_output_path, 1, args.seed, tokenizer,
         args.max_seq_len, end_of_conversation_token=tokenizer.eos_token, sft_only_data_path=args.sft_only_data_path,
-        blend_weights=args.data_weights or None, mask_prompt=args.mask_prompt, train_on_padding=args.labels_2023,
-        pad_to_max_len=not (args.dynamic_padding or args.packing), wait_timeout=args.data_cache_timeout, run_id=run_id)
-    batching = "packing" if args.packing else "dynamic" if args.dynamic_padding else "compat"
-    if args.packing:  # several samples per row, laid out as the model's attention allows; eval stays unpacked
+        data_weights=args.data_weights, mask_prompt=args.mask_prompt, batching=batching_mode(args),
+        labels_2023=args.labels_2023, wait_timeout=args.data_cache_timeout, run_id=run_id)
+    batching, packing = batching_mode(args), "mask"
+    if batching == "packing":  # several samples per row, laid out as the model's attention allows; eval stays unpacked
         train_dataset = collate.PackedDataset(train_dataset, args.max_seq_len)
-        args.packing = collate.packing_mode(args.packing, model_utils.load_config(args.model_name_or_path))
-    if args.seeded_sampler:  # sftlib's opt-in: the train order follows --seed, eval in file order
-        train_sampler, eval_sampler = DistributedSampler(train_dataset, seed=args.seed), \
-            DistributedSampler(eval_dataset, shuffle=False)
-    else:  # DeepSpeed-Chat's: torch's defaults (seed 0, both shuffled)
-        train_sampler, eval_sampler = DistributedSampler(train_dataset), DistributedSampler(eval_dataset)
+        packing = collate.packing_mode(args.packing, model_utils.load_config(args.model_name_or_path))
+    train_sampler, eval_sampler = samplers(args, train_dataset, eval_dataset)
     mask_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype, torch.float32)  # packing's mask
+    pin = accelerator_name() == "cuda"  # page-locked batches copy to the GPU without waiting for it
     train_dataloader = DataLoader(train_dataset, batch_size=args.per_device_train_batch_size,
                                   collate_fn=collate.make_collator(batching, tokenizer.pad_token_id, dtype=mask_dtype,
-                                                                   packing=args.packing or "mask"),
-                                  sampler=train_sampler)
+                                                                   packing=packing),
+                                  sampler=train_sampler, pin_memory=pin)
     eval_collate = collate.make_collator("dynamic" if batching != "compat" else "compat", tokenizer.pad_token_id)
     eval_dataloader = DataLoader(eval_dataset, batch_size=args.per_device_eval_batch_size, collate_fn=eval_collate,
-                                 sampler=eval_sampler)
+                                 sampler=eval_sampler, pin_memory=pin)
     return train_dataloader, eval_dataloader
 
 
-def build_optimizer(args, groups):
-    """DeepSpeedCPUAdam with offload, FusedAdam on GPUs, torch AdamW on a CPU (all AdamW, betas 0.9/0.95)."""
-    if args.offload:
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
+def samplers(args, train_dataset, eval_dataset):
+    """DeepSpeed-Chat's samplers (torch's defaults: seed 0, both shuffled), or with --seeded_sampler
+    the train order following --seed and eval in file order."""
+    from torch.utils.data.distributed import DistributedSampler
 
-        return DeepSpeedCPUAdam(groups, lr=args.learning_rate, betas=(0.9, 0.95))
-    if accelerator_name() == "cpu":
-        return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
-    from deepspeed.ops.adam import FusedAdam
-
-    return FusedAdam(groups, lr=args.learning_rate, betas=(0.9, 0.95))
+    if args.seeded_sampler:
+        return DistributedSampler(train_dataset, seed=args.seed), DistributedSampler(eval_dataset, shuffle=False)
+    return DistributedSampler(train_dataset), DistributedSampler(eval_dataset)
 
 
 def build_engine(args, model, ds_config: dict, train_dataloader):
@@ -137,8 +133,8 @@ def build_engine(args, model, ds_config: dict, train_dataloader):
     import deepspeed
     from transformers import get_scheduler
 
-    groups = utils.get_optimizer_grouped_parameters(model, args.weight_decay, args.lora_learning_rate)
-    optimizer = build_optimizer(args, groups)
+    groups = optim.get_optimizer_grouped_parameters(model, args.weight_decay, args.lora_learning_rate)
+    optimizer = optim.build_optimizer(args, groups, accelerator_name())
     updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     lr_scheduler = get_scheduler(name=args.lr_scheduler_type, optimizer=optimizer,
                                  num_warmup_steps=args.num_warmup_steps,
@@ -163,7 +159,7 @@ def evaluation(model, eval_dataloader, device) -> tuple[float, float, float]:
     token_sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed token loss, token count
     step = 0
     for step, batch in enumerate(eval_dataloader):
-        batch = utils.to_device(batch, device)
+        batch = utils.to_device(batch, device, non_blocking=True)
         with torch.no_grad():
             loss = model(**batch).loss.float()
         losses += loss
@@ -178,88 +174,124 @@ def evaluation(model, eval_dataloader, device) -> tuple[float, float, float]:
     return perplexity, losses.item(), ppl_tokens
 
 
-def evaluate(args, engine, eval_dataloader, device, reporter: Reporter, epoch: int) -> None:
-    """Evaluate and record, with DeepSpeed-Chat's log line."""
-    print_rank_0(f"***** Evaluating perplexity, Epoch {epoch}/{args.num_train_epochs} *****")
-    ppl, loss, ppl_tokens = evaluation(engine, eval_dataloader, device)
-    reporter.evaluation(epoch, engine.global_steps, ppl, loss, ppl_tokens)
+# --------------------------------------------------------------------------------------------
+# The training loop: its steps work with a Run and move a TrainState (sftlib.state)
+# --------------------------------------------------------------------------------------------
+
+def initial_state(args, engine, train_dataloader, eval_dataloader, device) -> TrainState:
+    """A fresh run's state, or the one ``--resume_from_checkpoint`` saved (every rank agrees on the outcome)."""
+    meter = StepMeter(engine, args.gradient_checkpointing, dist.get_world_size())  # samples/s, tokens/s, TFLOPs
+    meter.pause()  # its clock runs during training steps only
+    history = History(world_size=dist.get_world_size(), train_samples=len(train_dataloader.dataset),
+                      eval_samples=len(eval_dataloader.dataset))
+    state = TrainState(history, meter, torch.zeros((), dtype=torch.float64, device=device))
+    if args.resume_from_checkpoint:
+        cli.on_every_rank(lambda: resume(args, engine, state))
+    return state
 
 
-def resume(args, engine) -> tuple[History, int, int, dict]:
-    """Load ``--resume_from_checkpoint``; returns (history so far, epoch, micro batch, this rank's RNG states)."""
+def resume(args, engine, state: TrainState) -> None:
+    """Load ``--resume_from_checkpoint`` into ``engine`` and ``state`` (history, position, this rank's RNG states)."""
     meta = checkpoint.meta_of(args, dist.get_world_size())
     resume_dir, tag, saved = checkpoint.resolve(args.resume_from_checkpoint, meta)
-    rng_state = checkpoint.load(engine, resume_dir, tag)
-    print_rank_0(f"resumed from {resume_dir / tag}: epoch {saved['epoch'] + 1}, "
-                 f"micro batch {saved['step_in_epoch']}, global step {engine.global_steps}")
-    return History.from_dict(saved["history"]), saved["epoch"], saved["step_in_epoch"], rng_state
+    state.rng_state = checkpoint.load(engine, resume_dir, tag)
+    state.history, state.epoch, state.step_in_epoch = History.from_dict(saved["history"]), saved["epoch"], \
+        saved["step_in_epoch"]
+    print_rank_0(f"resumed from {resume_dir / tag}: epoch {state.epoch + 1}, "
+                 f"micro batch {state.step_in_epoch}, global step {engine.global_steps}")
 
 
-def train_one_epoch(args, engine, lr_scheduler, train_dataloader, device, reporter: Reporter, epoch: int,
-                    first: int = 0, rng_state: dict | None = None, carry: dict | None = None) -> None:
-    """Forward, ``engine.backward``, ``engine.step`` per micro batch; a log line (and maybe a checkpoint)
-    per optimizer step, at DeepSpeed's own accumulation boundaries, which run on across epochs (with a
-    batch count that is not a multiple of --gradient_accumulation_steps, a step spans two epochs;
-    ``carry`` holds its loss and its ``StepMeter`` from one call to the next). Every rate of a log line
-    is timed over the same span, that step's micro batches: evaluations and checkpoint saves are not
-    in it. ``first`` micro batches are skipped and ``rng_state`` restored when resuming. The progress
-    bar is drawn on a terminal only (tqdm's ``disable=None``: off when stdout is a notebook, a pipe or
-    a file, so a log holds the step lines alone)."""
+def evaluate(run: Run, epoch: int) -> None:
+    """Evaluate and record, with DeepSpeed-Chat's log line."""
+    print_rank_0(f"***** Evaluating perplexity, Epoch {epoch}/{run.args.num_train_epochs} *****")
+    ppl, loss, ppl_tokens = evaluation(run.engine, run.eval_dataloader, run.device)
+    run.reporter.evaluation(epoch, run.engine.global_steps, ppl, loss, ppl_tokens)
+
+
+def train_one_epoch(run: Run, state: TrainState) -> None:
+    """The epoch ``state`` stands in, from where it stands: ``micro_step`` per micro batch, and
+    ``finish_step`` (log line, maybe a checkpoint) at each of DeepSpeed's accumulation boundaries,
+    which run on across epochs: with a batch count that is not a multiple of
+    --gradient_accumulation_steps a step spans two epochs, and ``state`` carries it over. Every rate
+    of a log line is timed over that step's micro batches only, never an evaluation or a save."""
+    print_rank_0(f"Beginning of Epoch {state.epoch + 1}/{run.args.num_train_epochs}, "
+                 f"Total Micro Batches {len(run.train_dataloader)}")
+    bar = progress_bar(run, state, epoch_batches(run, state))
+    state.meter.resume()  # paused at the end of the last epoch: the evaluation in between is in no step's time
+    for batch in bar:
+        if micro_step(run, state, batch):
+            finish_step(run, state, bar.write)
+    state.meter.pause()
+
+
+def epoch_batches(run: Run, state: TrainState) -> Iterator[dict]:
+    """This epoch's batches from where ``state`` stands: the sampler set to the epoch (with
+    --reshuffle_each_epoch), a resume's trained micro batches skipped, then its RNG states restored."""
+    if run.args.reshuffle_each_epoch:
+        run.train_dataloader.sampler.set_epoch(state.epoch)
+    run.engine.train()
+    batches = iter(run.train_dataloader)
+    for _ in range(state.step_in_epoch):  # resume: the micro batches this epoch already trained on
+        next(batches)
+    if state.rng_state is not None:
+        checkpoint.restore_rng(state.rng_state)
+        state.rng_state = None
+    return batches
+
+
+def progress_bar(run: Run, state: TrainState, batches: Iterator[dict]):
+    """A tqdm bar over ``batches`` on rank 0, drawn on a terminal only (tqdm's ``disable=None``: off
+    when stdout is a notebook, a pipe or a file, so a log holds the step lines alone)."""
     from tqdm import tqdm
 
-    from sftlib.perf import StepMeter, rate_line
-
-    world, rank = dist.get_world_size(), dist.get_rank()
-    print_rank_0(f"Beginning of Epoch {epoch + 1}/{args.num_train_epochs}, Total Micro Batches {len(train_dataloader)}")
-    if args.reshuffle_each_epoch:
-        train_dataloader.sampler.set_epoch(epoch)
-    engine.train()
-    batches = iter(train_dataloader)
-    for _ in range(first):  # resume: the micro batches this epoch already trained on
-        next(batches)
-    if rng_state is not None:
-        checkpoint.restore_rng(rng_state)
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.num_train_epochs}", initial=first, total=len(train_dataloader),
-               disable=True if rank != 0 else None, leave=False, file=sys.stdout)
-    carry = carry if carry is not None else {}
-    acc_loss = carry.get("loss", 0.0)
-    if "meter" not in carry:  # samples/s, tokens/s and TFLOPs per device, one clock for all three
-        carry["meter"] = StepMeter(engine, args.gradient_checkpointing, world)
-    meter = carry["meter"]
-    meter.resume()  # paused at the end of the last epoch: the evaluation in between is in no step's time
-    for step, batch in enumerate(bar, start=first):
-        batch = utils.to_device(batch, device)
-        n_tokens = collate.pop_token_count(batch)  # the packing collator's count leaves the batch here
-        loss = engine(**batch, use_cache=False).loss
-        if args.print_loss:
-            print(f"Epoch: {epoch}, Step: {step}, Rank: {rank}, loss = {loss}", flush=True)
-        engine.backward(loss)
-        boundary = engine.is_gradient_accumulation_boundary()  # asked before step(), which counts the micro step
-        engine.step()
-        acc_loss += loss.item() / args.gradient_accumulation_steps
-        meter.add(batch, n_tokens)  # StepMeter counts packed rows' samples from their position_ids
-        carry["loss"] = acc_loss
-        if not boundary:
-            continue
-        rates = meter.report()  # this step's span ends here, before any collective, print or save
-        # the collective's tensor lives on the engine's device: NCCL refuses CPU tensors
-        stats = utils.get_all_reduce_mean(torch.tensor([acc_loss, rates["tokens_per_s"], rates["samples_per_s"]],
-                                                       dtype=torch.float64, device=device))
-        rates["samples_per_s"] = float(stats[2])  # the mean of the ranks' rates, as tokens/s
-        reporter.step(engine.global_steps, float(stats[0]), lr_scheduler.get_last_lr()[0], float(stats[1]),
-                      rate_line(rates), write=bar.write)
-        if args.save_steps > 0 and engine.global_steps % args.save_steps == 0:
-            save_checkpoint(args, engine, epoch, step + 1, reporter.history)
-        acc_loss = carry["loss"] = 0.0
-        meter.reset()  # the next step's span starts after the log line and the checkpoint
-    meter.pause()
+    return tqdm(batches, desc=f"epoch {state.epoch + 1}/{run.args.num_train_epochs}", initial=state.step_in_epoch,
+                total=len(run.train_dataloader), disable=True if dist.get_rank() != 0 else None, leave=False,
+                file=sys.stdout)
 
 
-def save_checkpoint(args, engine, epoch: int, step_in_epoch: int, history: History) -> None:
+def micro_step(run: Run, state: TrainState, batch: dict) -> bool:
+    """Forward, ``engine.backward`` and ``engine.step`` on one micro batch; True when it ended an
+    optimizer step. Nothing here waits for the device: the token count and the meter read the batch
+    before it moves (asynchronously), and the loss adds up on the device."""
+    n_tokens = collate.pop_token_count(batch)  # the packing collator's count leaves the batch here
+    state.meter.add(batch, n_tokens)  # StepMeter counts packed rows' samples from their position_ids
+    engine = run.engine
+    loss = engine(**utils.to_device(batch, run.device, non_blocking=True), use_cache=False).loss
+    if run.args.print_loss:
+        print(f"Epoch: {state.epoch}, Step: {state.step_in_epoch}, Rank: {dist.get_rank()}, loss = {loss}", flush=True)
+    engine.backward(loss)
+    boundary = engine.is_gradient_accumulation_boundary()  # asked before step(), which counts the micro step
+    engine.step()
+    state.step_loss += loss.detach().double() / run.args.gradient_accumulation_steps
+    state.step_in_epoch += 1
+    return boundary
+
+
+def finish_step(run: Run, state: TrainState, write) -> None:
+    """End an optimizer step: its rates, one all-reduce of loss and rates (the step's one wait for
+    the device), the log line, a checkpoint every --save_steps; then the next step's span starts."""
+    rates = state.meter.report()  # this step's span ends here, before any collective, print or save
+    loss, tokens_per_s, rates["samples_per_s"] = step_means(state.step_loss, rates, run.device)
+    run.reporter.step(run.engine.global_steps, loss, run.lr_scheduler.get_last_lr()[0], tokens_per_s,
+                      rate_line(rates), write=write)
+    if run.args.save_steps > 0 and run.engine.global_steps % run.args.save_steps == 0:
+        save_checkpoint(run.args, run.engine, state)
+    state.step_loss = torch.zeros_like(state.step_loss)
+    state.meter.reset()  # the next step's span starts after the log line and the checkpoint
+
+
+def step_means(step_loss: torch.Tensor, rates: dict, device) -> list[float]:
+    """A step's loss, tokens/s and samples/s, each averaged over the ranks: one all-reduce (on the
+    engine's device: NCCL refuses CPU tensors), one copy back to the host."""
+    local = torch.tensor([rates["tokens_per_s"], rates["samples_per_s"]], dtype=torch.float64)
+    stats = torch.cat([step_loss.reshape(1), local.to(device, non_blocking=True)])
+    return utils.get_all_reduce_mean(stats).tolist()
+
+
+def save_checkpoint(args, engine, state: TrainState) -> None:
     """A resumable checkpoint (DeepSpeed's, plus position, RNG states and history) in the checkpoint folder."""
     ckpt_dir, meta = checkpoint.default_dir(args), checkpoint.meta_of(args, dist.get_world_size())
-    tag = checkpoint.save(engine, ckpt_dir, {"epoch": epoch, "step_in_epoch": step_in_epoch}, history.to_dict(), meta,
-                          args.save_total_limit)
+    tag = checkpoint.save(engine, ckpt_dir, state.position(), state.history.to_dict(), meta, args.save_total_limit)
     print_rank_0(f"checkpoint {tag} saved to {ckpt_dir}")
 
 
@@ -320,30 +352,24 @@ def main(args=None) -> History:
     tokenizer, model = build_model(args, ds_config)
     train_dataloader, eval_dataloader = cli.on_every_rank(lambda: build_dataloaders(args, tokenizer))
     engine, lr_scheduler = build_engine(args, model, ds_config, train_dataloader)
-
-    history = History(world_size=dist.get_world_size(), train_samples=len(train_dataloader.dataset),
-                      eval_samples=len(eval_dataloader.dataset))
-    start_epoch, first, rng_state = 0, 0, None
-    if args.resume_from_checkpoint:
-        history, start_epoch, first, rng_state = cli.on_every_rank(lambda: resume(args, engine))
-    reporter = Reporter(history, dist.get_rank(), args.tensorboard_path if args.enable_tensorboard else None)
+    state = initial_state(args, engine, train_dataloader, eval_dataloader, device)
+    reporter = Reporter(state.history, dist.get_rank(), args.tensorboard_path if args.enable_tensorboard else None)
+    run = Run(args, engine, lr_scheduler, train_dataloader, eval_dataloader, device, reporter)
 
     print_rank_0("***** Running training *****")
     if not args.resume_from_checkpoint:
-        evaluate(args, engine, eval_dataloader, device, reporter, epoch=0)
-    carry = {}  # an optimizer step's loss and meter, when it spans two epochs
-    for epoch in range(start_epoch, args.num_train_epochs):
-        resuming = epoch == start_epoch
-        train_one_epoch(args, engine, lr_scheduler, train_dataloader, device, reporter, epoch,
-                        first=first if resuming else 0, rng_state=rng_state if resuming else None, carry=carry)
-        evaluate(args, engine, eval_dataloader, device, reporter, epoch=epoch + 1)
+        evaluate(run, epoch=0)
+    while state.epoch < args.num_train_epochs:
+        train_one_epoch(run, state)
+        evaluate(run, epoch=state.epoch + 1)
         engine.tput_timer.update_epoch_count()
+        state.next_epoch()
     reporter.close()
 
-    history.train_seconds = time.time() - t_start
+    state.history.train_seconds = time.time() - t_start
     if args.output_dir is not None:
-        save_model(args, engine, tokenizer, history)
-    return history
+        save_model(args, engine, tokenizer, state.history)
+    return state.history
 
 
 if __name__ == "__main__":

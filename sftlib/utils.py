@@ -24,9 +24,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sftlib.constants import LORA_PARAM_NAMES, is_lora_name
+from sftlib.constants import is_lora_name
 from sftlib.dist import is_rank_0, unwrap
 from sftlib.errors import SFTError
+
+# DeepSpeed-Chat's names that notebook 02 reads from here, as dschat/utils/utils.py defines them all:
+from sftlib.optim import describe_optimizer_groups, get_optimizer_grouped_parameters  # noqa: F401
 
 # --------------------------------------------------------------------------------------------
 # Ranks, devices, seeds
@@ -44,12 +47,14 @@ def print_rank_0(msg, rank=None) -> None:
         print(msg, flush=True)
 
 
-def to_device(batch: dict, device) -> dict:
+def to_device(batch: dict, device, non_blocking: bool = False) -> dict:
     """Move every tensor of ``batch`` to ``device``; other values (strings, lists) are left alone.
 
-    Explained in notebooks/02_utility_functions.ipynb.
+    ``non_blocking=True`` (sftlib's): the host does not wait for the copy, nor for the device's
+    earlier work (a GPU copy from page-locked memory, ``DataLoader(pin_memory=True)``, is truly
+    asynchronous). Explained in notebooks/02_utility_functions.ipynb.
     """
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def set_random_seed(seed: int | None) -> None:
@@ -83,55 +88,6 @@ def get_all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     total = tensor.detach().clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total / dist.get_world_size()
-
-
-# --------------------------------------------------------------------------------------------
-# Optimizer groups
-# --------------------------------------------------------------------------------------------
-
-NO_DECAY = ["bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight"]
-
-
-def _has(name: str, substrings) -> bool:
-    return any(s.lower() in name.lower() for s in substrings)
-
-
-def get_optimizer_grouped_parameters(model, weight_decay: float, lora_lr: float = 5e-4,
-                                     no_decay_name_list=NO_DECAY, lora_name_list=LORA_PARAM_NAMES):
-    """DeepSpeed-Chat's three parameter groups, matched by case-insensitive substring of the name.
-
-    1. decayed, non-LoRA parameters (``weight_decay``); 2. LoRA parameters (``weight_decay`` and
-    their own ``lr = lora_lr``); 3. parameters whose name contains a ``no_decay`` entry: biases and
-    norm weights (weight decay 0). Frozen parameters are left out; empty groups are dropped (a
-    parameter-less group would make the optimizer fail). Explained in
-    notebooks/02_utility_functions.ipynb.
-    """
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in trainable if not _has(n, no_decay_name_list) and not _has(n, lora_name_list)],
-         "weight_decay": weight_decay},
-        {"params": [p for n, p in trainable if not _has(n, no_decay_name_list) and _has(n, lora_name_list)],
-         "weight_decay": weight_decay, "lr": lora_lr},
-        {"params": [p for n, p in trainable if _has(n, no_decay_name_list)], "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
-
-
-def describe_optimizer_groups(model, groups, base_lr: float | None = None) -> list[dict]:
-    """One row per parameter of ``model``: its group, weight decay and learning rate.
-
-    Frozen parameters appear with group ``None`` (no optimizer sees them). ``base_lr`` fills in the
-    learning rate of groups without their own ``lr``. Feed the rows to ``pandas.DataFrame``.
-    Explained in notebooks/02_utility_functions.ipynb.
-    """
-    where = {id(p): i for i, g in enumerate(groups) for p in g["params"]}
-    rows = []
-    for name, p in model.named_parameters():
-        i = where.get(id(p))
-        g = groups[i] if i is not None else {}
-        rows.append({"name": name, "group": i, "shape": tuple(p.shape), "numel": p.numel(),
-                     "weight_decay": g.get("weight_decay"), "lr": g.get("lr", base_lr if g else None)})
-    return rows
 
 
 # --------------------------------------------------------------------------------------------

@@ -101,5 +101,6 @@ def test_train_resolves_packing_from_the_models_attention(world, tmp_path, famil
     args.local_rank = 0
     train, _ = build_dataloaders(args, load_hf_tokenizer(str(world[family])))
     batch = next(iter(train))
-    assert args.packing == expected and ("attention_mask" in batch) == (expected == "mask")
+    assert train.collate_fn.mode == expected and ("attention_mask" in batch) == (expected == "mask")
+    assert args.packing == (flag[0] if flag else "auto"), "the flag stays as given; the resolved mode is the collator's"
     assert "position_ids" in batch and isinstance(train.dataset, collate.PackedDataset)
