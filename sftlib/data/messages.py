@@ -200,7 +200,7 @@ def encode_conversations(tokenizer, conversations: list[list[dict]], max_seq_len
 
 
 def messages_batch(batch: dict, tokenizer, max_seq_len: int) -> dict:
-    """``datasets.map(batched=True)`` body for phase 1: rows with ``messages`` -> ids and label masks
+    """One chunk of phase-1 rows (columns as lists) with ``messages`` -> ids and label masks
     (rows without an assistant turn are skipped, as the original skips rows with a None text)."""
     convs = [clean_conversation(m, "a messages row") for m in batch["messages"]]
     return encode_conversations(tokenizer, [c for c in convs if c is not None], max_seq_len)

@@ -44,3 +44,19 @@ def test_phases_2_and_3_match_the_original_shapes(world, tok, tmp_path):
     ids, mask, pad = prompts[0]
     want = tok(rows[part3[0]]["prompt"], return_tensors="pt")["input_ids"][0]
     assert torch.equal(ids, want.flip(0)) and int(mask.sum()) == len(want) and pad == tok.pad_token_id
+
+
+def test_worker_processes_give_the_one_process_table(world, tok, tmp_path):
+    """Several ``CHUNK_ROWS`` chunks tokenized by two worker processes: the same Arrow rows, in order, as one
+    process, and the original's tensors."""
+    from sftlib.data.tokenize import CHUNK_ROWS, tokenize_split
+
+    folder, rows = toy_folder(world, tmp_path, 2 * CHUNK_ROWS + 100)
+    raw = data.get_raw_dataset(str(folder), str(tmp_path / "idx"), 1, 0)
+    train = raw.get_train_data()
+    one = tokenize_split(train, raw, 1, tok, tok.eos_token, 32, num_proc=1)
+    two = tokenize_split(train, raw, 1, tok, tok.eos_token, 32, num_proc=2)
+    assert len(one) == len(rows) and one.data.table.equals(two.data.table)
+    want = data.tokenize_one_at_a_time([r["prompt"] + r["chosen"] + tok.eos_token for r in rows[-50:]], tok, 32)
+    for got, expected in zip(two["input_ids"][-50:], want):
+        assert got == expected["input_ids"][expected["attention_mask"].bool()].tolist()
