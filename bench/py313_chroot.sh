@@ -20,7 +20,11 @@ set -uo pipefail
 ROOT=${PY313_ROOT:-/tmp/sftlib-py313}
 REPO=${PY313_REPO:-$(cd "$(dirname "$0")/.." && pwd)}
 SUITE=trixie
-PKGS=python3,python3-venv,python3-dev,g++,make,git,ca-certificates
+# What this machine's image has too: g++ and ninja for the ops DeepSpeed JIT-builds on the CPU (its
+# shared-memory allreduce, deepspeed_shm_comm), Python's headers for them. Without a ninja binary on
+# PATH the demo stops at "Unable to JIT load the deepspeed_shm_comm op due to ninja not being
+# installed": pip's ninja lands in .venv/bin, which make does not put on PATH.
+PKGS=python3,python3-venv,python3-dev,g++,ninja-build,make,git,ca-certificates
 
 say() { printf '[py313 %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { say "error: $*"; exit 2; }
@@ -54,6 +58,13 @@ t_chroot=$(( $(date +%s) - t0 ))
 # name resolves (gloo looks it up), the CA bundle for pip.
 cp -L /etc/resolv.conf /etc/hosts "$ROOT/etc/"
 mkdir -p "$ROOT/etc/ssl/certs" && cp -L /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/"
+missing=$(for p in ${PKGS//,/ }; do chroot "$ROOT" dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [[ -n $missing ]]; then   # a chroot made by an earlier version of this list
+    say "apt-get install in the chroot: $missing"
+    chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
+        sh -c "apt-get update -qq && apt-get install -y -qq $(echo $missing)" > "$ROOT.apt.log" 2>&1 \
+        || die "apt-get install $missing in the chroot failed; its log: $ROOT.apt.log"
+fi
 
 # /proc (torch, psutil, py-cpuinfo), /sys (CPU topology), /dev/shm (multiprocessing's semaphores); the
 # device nodes themselves when debootstrap could not make them. Unmounted on any exit.
