@@ -12,16 +12,15 @@ Explained in notebooks/05_main_training_loop.ipynb.
 from __future__ import annotations
 
 import json
-import random
 import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from sftlib.errors import SFTError
+from sftlib.rng import restore_rng, rng_state  # noqa: F401 (restore_rng: train's resume calls it from here)
 
 MARKER = "sftlib_checkpoint.json"
 TAG = re.compile(r"^global_step(\d+)$")
@@ -32,27 +31,6 @@ def default_dir(args) -> str | None:
     if getattr(args, "checkpoint_dir", None):
         return args.checkpoint_dir
     return f"{str(args.output_dir).rstrip('/')}_checkpoints" if args.output_dir else None
-
-
-def _rng_state() -> dict:
-    """Python's, numpy's and torch's CPU generators, plus every CUDA device's when CUDA is present
-    (dropout on a GPU draws from the device's generator, not the CPU one)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    """Put the generators back where they were at the checkpoint (CUDA's too, when it saved them)."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        if not torch.cuda.is_available() or torch.cuda.device_count() != len(state["cuda"]):
-            raise SFTError(f"the checkpoint holds the RNG states of {len(state['cuda'])} CUDA devices; this "
-                           "process sees a different number: resume on the same GPUs for an exact resume")
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def meta_of(args, world_size: int) -> dict:
@@ -77,7 +55,7 @@ def save(engine, ckpt_dir, position: dict, history: dict, meta: dict, save_total
     tag = f"global_step{engine.global_steps}"
     rank = dist.get_rank()
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"sftlib_position": position})
-    torch.save(_rng_state(), Path(ckpt_dir) / tag / f"rng_state_rank{rank}.pt")
+    torch.save(rng_state(), Path(ckpt_dir) / tag / f"rng_state_rank{rank}.pt")
     dist.barrier()
     if rank == 0:
         (Path(ckpt_dir) / tag / MARKER).write_text(json.dumps({**meta, **position, "history": history}))

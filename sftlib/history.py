@@ -3,6 +3,7 @@
 ``History`` is what ``sftlib.train.main`` returns and what ``training_history.json`` and every
 checkpoint hold. ``Reporter`` writes each record once: the nanoGPT-style log line on rank 0, and
 TensorBoard scalars under ``--tensorboard_path`` when ``--enable_tensorboard`` is on.
+``MovingAverage`` and ``ExponentialMovingAverage`` smooth a series of records.
 
 Explained in notebooks/05_main_training_loop.ipynb.
 """
@@ -86,3 +87,35 @@ class Reporter:
     def close(self) -> None:
         if self.writer:
             self.writer.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Smoothing a record: DeepSpeed-Chat's two moving averages (dschat/utils/utils.py; its steps 2 and 3
+# smooth their reward logs with them; also importable from sftlib.utils)
+# --------------------------------------------------------------------------------------------
+
+class MovingAverage:
+    """Arithmetic mean of every value seen so far."""
+
+    def __init__(self):
+        self.count, self.total, self.mean = 0, 0.0, 0.0
+
+    def update(self, num: float) -> float:
+        self.total += num
+        self.count += 1
+        self.mean = self.total / self.count
+        return self.mean
+
+
+class ExponentialMovingAverage:
+    """``ema = alpha * ema + (1 - alpha) * x``, starting at the first value."""
+
+    def __init__(self, alpha: float = 0.9):
+        self.alpha, self.ema = alpha, None
+
+    def update(self, num: float) -> float:
+        self.ema = num if self.ema is None else self.alpha * self.ema + (1 - self.alpha) * num
+        return self.ema
+
+    def get(self) -> float:
+        return self.ema if self.ema is not None else 0.0

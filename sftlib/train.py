@@ -30,7 +30,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from sftlib import checkpoint, cli, collate, lora, optim, utils
+from sftlib import checkpoint, cli, collate, lora, optim, save, utils
 from sftlib import model as model_utils
 from sftlib.arguments import batching_mode, output_children, parse_args, validate_args
 from sftlib.constants import IGNORE_INDEX
@@ -307,7 +307,7 @@ def save_model(args, engine, tokenizer, history: History) -> None:
     problem = _save_to(args, engine, tokenizer, history, args.output_dir, output_children(args))
     failure = next((p for p in all_ranks(problem) if p), None)
     if failure is not None:
-        rescue = all_ranks(str(utils.rescue_dir(args.output_dir)))[0]
+        rescue = all_ranks(str(save.rescue_dir(args.output_dir)))[0]
         history.output_dir = rescue
         again = next((p for p in all_ranks(_save_to(args, engine, tokenizer, history, rescue)) if p), None)
         where = f"the trained weights are in {rescue}" if again is None else f"the rescue save failed too ({again})"
@@ -326,7 +326,7 @@ def _save_to(args, engine, tokenizer, history: History, folder, allow=()) -> str
         if args.zero_stage == 3:
             save_zero_three_model(engine, rank, folder, zero_stage=3, tokenizer=tokenizer, allow=allow)
         elif rank == 0:
-            utils.save_hf_format(engine, tokenizer, argparse.Namespace(output_dir=folder), allow=allow)
+            save.save_hf_format(engine, tokenizer, argparse.Namespace(output_dir=folder), allow=allow)
         if rank == 0:
             with open(os.path.join(folder, "training_history.json"), "w") as f:
                 json.dump(history.to_dict(), f, indent=1)

@@ -10,15 +10,11 @@ Explained in notebooks/04_zero3_saving.ipynb.
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import torch
 
 from sftlib.constants import is_lora_name
 from sftlib.dist import unwrap
-from sftlib.utils import write_hf_folder
+from sftlib.save import remove_stale_temporaries, write_hf_folder
 
 # --------------------------------------------------------------------------------------------
 # Gathering
@@ -97,32 +93,6 @@ def save_zero_three_model(model_ema, global_rank: int, save_dir: str, zero_stage
         torch.distributed.barrier()
     if failure is not None:
         raise failure
-
-
-def remove_stale_temporaries(save_dir) -> list[str]:
-    """Delete hidden ``.NAME.tmp-PID`` / ``.NAME.old-PID`` siblings left by a saver that was killed.
-
-    A killed save never touches ``save_dir`` itself, but its temporary folder stays behind; the next
-    save removes those whose process is gone.
-    """
-    save_dir = Path(save_dir)
-    removed = []
-    for tmp in save_dir.parent.glob(f".{save_dir.name}.*-*"):
-        kind, _, pid = tmp.name[len(save_dir.name) + 2:].rpartition("-")
-        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp.name)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------------------------

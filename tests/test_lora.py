@@ -109,7 +109,7 @@ def test_fuse_equals_unfused_and_unfuse_restores(world, kind):
 def test_fused_save_loads_in_plain_transformers(world, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from sftlib.utils import write_hf_folder
+    from sftlib.save import write_hf_folder
 
     model = randomise_lora(lora.convert_linear_layer_to_lora(load(world, "llama"), "layers.", 8))
     lora.convert_lora_to_linear_layer(model)

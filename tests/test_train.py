@@ -172,7 +172,7 @@ def test_default_batches_are_deepspeed_chats_and_the_seeded_sampler_is_opt_in(wo
 def test_model_files_go_beside_this_runs_logs_and_nothing_else_is_touched(world, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from sftlib import utils
+    from sftlib import save
     from sftlib.errors import SFTError
 
     model = AutoModelForCausalLM.from_pretrained(world["opt"])
@@ -180,13 +180,13 @@ def test_model_files_go_beside_this_runs_logs_and_nothing_else_is_touched(world,
     (out / "sftlib").mkdir(parents=True)
     (out / "sftlib" / "events.out.tfevents.1").write_text("logs")
     with pytest.raises(SFTError, match="not empty and is not a previous save"):
-        utils.write_hf_folder(model, model.state_dict(), None, out)  # logs the caller did not declare
-    utils.write_hf_folder(model, model.state_dict(), None, out, allow={"sftlib"})
+        save.write_hf_folder(model, model.state_dict(), None, out)  # logs the caller did not declare
+    save.write_hf_folder(model, model.state_dict(), None, out, allow={"sftlib"})
     (out / "pytorch_model.bin").write_bytes(b"")  # as if a previous save had written it ...
-    marker = json.loads((out / utils.SAVE_MARKER).read_text())
-    (out / utils.SAVE_MARKER).write_text(json.dumps({**marker, "files": marker["files"] + ["pytorch_model.bin"]}))
+    marker = json.loads((out / save.SAVE_MARKER).read_text())
+    (out / save.SAVE_MARKER).write_text(json.dumps({**marker, "files": marker["files"] + ["pytorch_model.bin"]}))
     (out / "ds_tensorboard_logs").mkdir()  # ... and a second run logs beside the first save
-    utils.write_hf_folder(model, model.state_dict(), None, out, allow={"sftlib", "ds_tensorboard_logs"})
+    save.write_hf_folder(model, model.state_dict(), None, out, allow={"sftlib", "ds_tensorboard_logs"})
     assert (out / "sftlib" / "events.out.tfevents.1").read_text() == "logs" and (out / "ds_tensorboard_logs").is_dir()
     assert not (out / "pytorch_model.bin").exists(), "the previous save's own stale file is gone"
     assert not [p for p in out.iterdir() if p.name.startswith(".")] and not list(tmp_path.glob(".out*"))

@@ -1,4 +1,5 @@
-"""sftlib.utils: ranks, seeds, optimizer groups and the HF-format save, each against real behaviour."""
+"""sftlib.utils: DeepSpeed-Chat's dschat/utils/utils.py names (ranks, seeds, optimizer groups, moving
+averages, the HF-format save), each against real behaviour, read from sftlib.utils as notebook 02 reads them."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from sftlib import utils
+from sftlib import history, optim, rng, save, utils, zero
 from sftlib.dist import free_port
 from sftlib.errors import SFTError
 from tests.helpers import run_cli
@@ -115,6 +116,14 @@ def test_single_process_helpers(capsys):
     assert batch["text"] == ["a"] and batch["input_ids"].device.type == "cpu"
 
 
+def test_deepspeed_chats_names_are_the_library_s_own_objects():
+    """utils defines the rank helpers; every other dschat/utils/utils.py name is the object of its home module."""
+    homes = {"set_random_seed": rng, "get_optimizer_grouped_parameters": optim, "MovingAverage": history,
+             "ExponentialMovingAverage": history, "save_hf_format": save, "save_zero_three_model": zero}
+    assert all(getattr(utils, name) is getattr(home, name) for name, home in homes.items())
+    assert {f.__module__ for f in (utils.print_rank_0, utils.to_device, utils.get_all_reduce_mean)} == {"sftlib.utils"}
+
+
 def test_moving_averages():
     ma, ema = utils.MovingAverage(), utils.ExponentialMovingAverage(alpha=0.5)
     assert ema.get() == 0.0
@@ -178,7 +187,7 @@ def test_save_hf_format_reloads_with_identical_logits(world, tmp_path):
         model.model.decoder.layers[0].fc1.weight.mul_(1.5)
     utils.save_hf_format(model, tok, SimpleNamespace(output_dir=str(tmp_path / "out")))
     names = set(os.listdir(tmp_path / "out"))
-    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", utils.SAVE_MARKER} <= names
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", save.SAVE_MARKER} <= names
     assert not any(n.endswith(".bin") for n in names) and not any(n.startswith(".") for n in os.listdir(tmp_path))
 
     back_tok = AutoTokenizer.from_pretrained(tmp_path / "out")
@@ -224,15 +233,15 @@ def test_previous_save_means_marker_or_config_plus_weights(tmp_path):
     hf.mkdir()
     (hf / "config.json").write_text("{}")
     (hf / "pytorch_model.bin").write_bytes(b"")
-    utils.check_output_dir(hf)
+    save.check_output_dir(hf)
     (hf / "pytorch_model.bin").unlink()
     (hf / "notes.txt").write_text("x")
     with pytest.raises(SFTError, match="not a previous save"):
-        utils.check_output_dir(hf)
+        save.check_output_dir(hf)
     (tmp_path / "file").write_text("x")
     with pytest.raises(SFTError, match="is a file"):
-        utils.check_output_dir(tmp_path / "file")
-    utils.check_output_dir(tmp_path / "new")  # missing: fine
+        save.check_output_dir(tmp_path / "file")
+    save.check_output_dir(tmp_path / "new")  # missing: fine
 
 
 def test_save_refuses_unfused_lora(world, tmp_path):
