@@ -10,11 +10,12 @@ Explained in notebooks/02_utility_functions.ipynb.
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 import socket
 import sys
 import tempfile
-import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -27,12 +28,12 @@ def global_rank() -> int:
     """This process's rank in the job: the process group's, else the launcher's ``RANK``, else 0."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    return int(os.environ.get("RANK", "0"))
+    return int(os.environ["RANK"]) if launched() else 0
 
 
 def local_rank() -> int:
-    """The launcher's LOCAL_RANK (0 when launched as a single process)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    """This process's rank on its node: the launcher's ``LOCAL_RANK``, 0 when no launcher started it."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if launched() else 0
 
 
 def world_size() -> int:
@@ -87,8 +88,9 @@ def free_port() -> int:
 def launcher_free_env(extra: dict | None = None) -> dict:
     """``os.environ`` without the launcher's rank variables, one thread per rank, plus ``extra``.
 
-    For starting a child job from a process that is itself a rank (a notebook that ran
-    ``train.main`` in-process has set RANK, MASTER_PORT, ...): the child must not join that group.
+    For starting a child job from a process that a launcher started (it has RANK, MASTER_PORT, ...):
+    the child must not join that job's group. A notebook that ran ``train.main`` in-process is no
+    launched rank (``init_distributed`` sets none of these); the one thread per rank still matters.
     """
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
     env["OMP_NUM_THREADS"] = "1"
@@ -96,30 +98,125 @@ def launcher_free_env(extra: dict | None = None) -> dict:
     return env
 
 
-def init_distributed(timeout: timedelta | None = None) -> None:
+@dataclass(frozen=True)
+class RankContext:
+    """Who this process is in the job, as ``init_distributed`` found it: pass it on as a value.
+
+    ``rank`` is the global rank, ``local_rank`` the rank on this node (which device it uses and which
+    process builds the node's dataset cache), ``world_size`` the number of ranks, ``device`` this
+    rank's device."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_rank_0(self) -> bool:
+        """True on the one rank that prints and writes the saved model."""
+        return self.rank == 0
+
+
+def launched() -> bool:
+    """True when a launcher (``deepspeed``, ``torchrun``) started this process as one rank of a job.
+
+    The one place sftlib decides it from the launcher's variables (it sets ``RANK`` for every rank it
+    starts); once a process group exists, ask the group instead (``world_size()``)."""
+    return "RANK" in os.environ
+
+
+def init_distributed(timeout: timedelta | None = None) -> RankContext:
     """Join the launcher's process group, or make a one-rank group for ``python -m``/notebooks.
 
     ``timeout`` is how long a rank may wait in one collective before the group's watchdog ends the job
-    (``--dist_timeout``); None keeps DeepSpeed's default (10 minutes, or ``DEEPSPEED_TIMEOUT``).
+    (``--dist_timeout``); None keeps DeepSpeed's default (10 minutes, or ``DEEPSPEED_TIMEOUT``). The
+    one-rank group is made from an in-process store (no port, no file); DeepSpeed still reads some
+    launcher variables from the environment (``launcher_variables_for_deepspeed`` says which, and why).
     """
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
     from deepspeed.constants import default_pg_timeout
 
     timeout = timeout or default_pg_timeout
+    backend = get_accelerator().communication_backend_name()
+    if not dist.is_initialized():
+        if backend == "gloo":
+            settle_gloo_hostname_warning()
+        if not launched():
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+            launcher_variables_for_deepspeed()
+        probe_ops_quietly()
+        deepspeed.init_distributed(timeout=timeout)  # joins env:// under a launcher, keeps a group that exists
+    rank = local_rank()
+    return RankContext(dist.get_rank(), rank, dist.get_world_size(), device_for_rank(rank))
 
-    if dist.is_initialized():
+
+def launcher_variables_for_deepspeed() -> None:
+    """The one place sftlib writes to ``os.environ``: what DeepSpeed reads from the environment only
+    (never from the process group), for a one-rank group no launcher made.
+
+    ``LOCAL_RANK=0``: DeepSpeed's engine asserts ``"LOCAL_RANK" in os.environ`` and reads it into
+    ``engine.local_rank`` (deepspeed 0.19.8, ``runtime/engine.py`` lines 1972 and 1966), and ZeRO-3
+    picks its device from it (``runtime/zero/partition_parameters.py`` line 1138).
+    ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``: only because ``train.build_engine``
+    passes ``dist_init_required=True`` (as DeepSpeed-Chat does): then ``deepspeed.initialize`` wants all
+    five even though the group exists, else tries MPI discovery (``comm/comm.py`` lines 889-896) and
+    fails on the missing mpi4py. With ``dist_init_required=False`` (the group exists by then) the
+    second line goes, and a process that ran ``train.main`` no longer looks like a launched rank.
+    """
+    os.environ["LOCAL_RANK"] = "0"
+    os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+
+
+def settle_gloo_hostname_warning() -> None:
+    """Let gloo say its hostname warning once, into a scratch file, before any group is made.
+
+    Each gloo group picks a network device from the machine's hostname; where the hostname does not
+    resolve (common in containers) gloo's C++ prints "Unable to resolve hostname ... Using the loopback
+    address as fallback" to descriptor 2, once per process (``TORCH_WARN_ONCE`` in
+    ``ProcessGroupGloo::createDefaultDevice``), in front of whatever sftlib prints next. Asking for
+    that default device here spends the warning. It is passed on when the ranks do not all share this
+    machine: there the loopback fallback is the likely reason they cannot connect.
+    """
+    from torch.distributed import ProcessGroupGloo
+
+    try:
+        said = stderr_of(ProcessGroupGloo.create_default_device)
+    except Exception:  # no usable device at all: the group's own creation reports it
         return
-    if "RANK" not in os.environ:
-        # One rank: a file rendezvous cannot collide with another process's port, as TCP can.
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
-        store = os.path.join(tempfile.gettempdir(), f"sftlib-rendezvous-{os.getpid()}-{time.time_ns()}")
-        from deepspeed.accelerator import get_accelerator
+    if said and not on_one_machine():
+        sys.stderr.write(said)
+        sys.stderr.flush()
 
-        backend = get_accelerator().communication_backend_name()
-        dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1, timeout=timeout)
-    probe_ops_quietly()
-    deepspeed.init_distributed(timeout=timeout)  # keeps a group that exists (deepspeed/comm/torch.py)
+
+def on_one_machine() -> bool:
+    """True when every rank runs on this machine: no launcher, or its ``MASTER_ADDR`` is a loopback address."""
+    if not launched():
+        return True
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(os.environ.get("MASTER_ADDR", ""))).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def stderr_of(step) -> str:
+    """Run ``step()`` with file descriptor 2 sent to a scratch file; returns what was written there.
+
+    Catches what C and C++ code writes (compilers, gloo), which ``contextlib.redirect_stderr`` cannot.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                step()
+            finally:
+                os.dup2(saved, 2)
+            sink.seek(0)
+            return sink.read().decode(errors="replace")
+    finally:
+        os.close(saved)
 
 
 def probe_ops_quietly() -> None:
@@ -133,19 +230,8 @@ def probe_ops_quietly() -> None:
     """
     import deepspeed.ops
 
-    if "__compatible_ops__" in vars(deepspeed.ops):  # probed once per process
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
-                _ = deepspeed.ops.__compatible_ops__  # the first access runs the probe
-            finally:
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
+    if "__compatible_ops__" not in vars(deepspeed.ops):  # probed once per process
+        stderr_of(lambda: deepspeed.ops.__compatible_ops__)  # the first access runs the probe
 
 
 def unwrap(model):

@@ -125,3 +125,59 @@ def test_the_group_timeout_reaches_the_process_group(tmp_path):
     said = [line for line in out0.splitlines() if line.startswith("barrier")]
     assert said and said[0].startswith("barrier gave up"), out0[-2000:]
     assert float(said[0].split("after ")[1].split(" s")[0]) < 15, said  # 3 s asked; rank 1 sleeps 20 s
+
+
+def test_the_context_is_a_frozen_value_and_no_launcher_is_seen_without_rank(monkeypatch):
+    import dataclasses
+
+    ctx = dist.RankContext(rank=1, local_rank=0, world_size=2, device=torch.device("cpu"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ctx.rank = 0
+    assert not ctx.is_rank_0 and dataclasses.replace(ctx, rank=0).is_rank_0
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "3")  # left behind by something else: no launcher started this process
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert not dist.launched() and dist.local_rank() == 0
+    if not torch.distributed.is_initialized():
+        assert dist.global_rank() == 0
+    monkeypatch.setenv("RANK", "2")
+    assert dist.launched() and dist.local_rank() == 3
+
+
+@pytest.mark.parametrize("env, one", [({}, True), ({"RANK": "0", "MASTER_ADDR": "127.0.0.1"}, True),
+                                      ({"RANK": "0", "MASTER_ADDR": "localhost"}, True),
+                                      ({"RANK": "0", "MASTER_ADDR": "192.0.2.7"}, False),
+                                      ({"RANK": "0"}, False)])
+def test_on_one_machine(monkeypatch, env, one):
+    for name in ("RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert dist.on_one_machine() is one
+
+
+def test_stderr_of_catches_what_c_code_writes_to_descriptor_2(capfd):
+    said = dist.stderr_of(lambda: os.write(2, b"from C\n"))
+    assert said == "from C\n" and capfd.readouterr().err == ""
+
+
+SETTLE = "from sftlib.dist import settle_gloo_hostname_warning as s; s(); s(); print('done')"
+
+
+@pytest.mark.slow
+def test_gloos_hostname_warning_is_kept_only_where_the_ranks_span_machines():
+    """On a host whose name does not resolve, gloo falls back to the loopback address: right when every rank is
+    on this machine (the warning goes), the likely reason ranks on other machines cannot connect (it stays)."""
+    from tests.test_cli import can_rename_the_host, on_a_host_named_nowhere
+
+    if not can_rename_the_host():
+        pytest.skip("needs unshare --uts to give a process a hostname")
+    said = {}
+    for where, addr in (("here", "127.0.0.1"), ("elsewhere", "192.0.2.7")):
+        env = {**dist.launcher_free_env(), "RANK": "0", "MASTER_ADDR": addr}
+        out = subprocess.run(on_a_host_named_nowhere([sys.executable, "-c", SETTLE]), capture_output=True, text=True,
+                             env=env, timeout=120)
+        assert out.stdout == "done\n", out.stderr
+        said[where] = out.stderr
+    assert said["here"] == ""
+    assert said["elsewhere"].count("Unable to resolve hostname") == 1, said

@@ -17,6 +17,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from sftlib.dist import settle_gloo_hostname_warning
 from sftlib.utils import get_all_reduce_mean, print_rank_0
 
 
@@ -31,6 +32,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="folder for rank{r}.json")
     p.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher; unused")
     args = p.parse_args(argv)
+    settle_gloo_hostname_warning()  # no "Unable to resolve hostname" in front of the ranks' lines (containers)
     dist.init_process_group("gloo")  # env:// rendezvous; deepspeed.init_distributed() does this on CPU
     rank, world = dist.get_rank(), dist.get_world_size()
 
