@@ -115,7 +115,6 @@ def load_hf_tokenizer(model_name_or_path: str, fast_tokenizer: bool = True, add_
     hub id resolved by transformers. Llama gets a ``[PAD]`` token when it has none; every other
     model pads with its EOS token. Padding is on the right. ``add_special_tokens`` (a string or a
     list) adds e.g. ``<|endoftext|>``. A tokenizer with neither an EOS nor a pad token is an error.
-    Explained in notebooks/02_utility_functions.ipynb.
     """
     tokenizer = _auto_tokenizer(model_name_or_path, fast_tokenizer, trust_remote_code)
     if tokenizer.eos_token is None and tokenizer.pad_token is None:
@@ -141,7 +140,7 @@ def dropout_keys(model_config) -> list[str]:
     """Every dropout probability the config has: names containing ``dropout`` or ending in ``_pdrop``.
 
     ``layerdrop`` (skipping whole layers) is not a dropout probability and is left out, and so are
-    keys set to None (they mean "use another key"). Explained in notebooks/02_utility_functions.ipynb.
+    keys set to None (they mean "use another key").
     """
     return [k for k, v in model_config.to_dict().items()
             if ("dropout" in k or k.endswith("_pdrop")) and isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -149,8 +148,6 @@ def dropout_keys(model_config) -> list[str]:
 
 def configure_dropout(model_config, dropout: float | None) -> list[str]:
     """Set every dropout key of the config to ``dropout``; returns the keys changed (none when None).
-
-    Explained in notebooks/02_utility_functions.ipynb.
     """
     if dropout is None:
         return []
@@ -165,7 +162,6 @@ def load_config(model_name_or_path: str, trust_remote_code: bool = False):
 
     A folder without ``config.json``, an unknown ``model_type``, a config that needs custom code
     (``trust_remote_code`` is off unless asked for) and an unreachable hub id each raise ``SFTError``.
-    Explained in notebooks/02_utility_functions.ipynb.
     """
     from transformers import AutoConfig
 
@@ -250,8 +246,6 @@ def _check_weights_file(path: Path) -> None:
 def padded_vocab_size(tokenizer_length: int, current: int) -> int:
     """The embedding rows to keep: the tokenizer length rounded up to a multiple of 8, never fewer
     than ``current`` (the original resized to the rounded length even when that was smaller).
-
-    Explained in notebooks/02_utility_functions.ipynb.
     """
     return max(current, int(8 * math.ceil(tokenizer_length / 8.0)))
 
@@ -284,7 +278,6 @@ def create_hf_model(model_class, model_name_or_path: str, tokenizer, ds_config: 
     with fresh weights (steps 2/3 load their own). Weights load in fp32 (DeepSpeed casts later).
     The config's ``end_token_id`` is the tokenizer's EOS, and ``pad_token_id`` the model's EOS.
     The embedding matrix grows to ``padded_vocab_size`` and never shrinks.
-    Explained in notebooks/02_utility_functions.ipynb.
     """
     model_config = load_config(model_name_or_path, trust_remote_code)
     configure_dropout(model_config, dropout)
