@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from sftlib import checkpoint, cli, collate, lora, optim, save, utils
+from sftlib import loss as losses
 from sftlib import model as model_utils
 from sftlib.arguments import batching_mode, output_children, parse_args, validate_args
 from sftlib.constants import IGNORE_INDEX
@@ -115,6 +116,7 @@ def build_dataloaders(args, tokenizer):
     eval_collate = collate.make_collator("dynamic" if batching != "compat" else "compat", tokenizer.pad_token_id)
     eval_dataloader = DataLoader(eval_dataset, batch_size=args.per_device_eval_batch_size, collate_fn=eval_collate,
                                  sampler=eval_sampler, pin_memory=pin)
+    losses.check_windows(args, len(train_dataloader))  # --loss_reduction token: no step across two epochs
     return train_dataloader, eval_dataloader
 
 
@@ -218,7 +220,8 @@ def train_one_epoch(run: Run, state: TrainState) -> None:
                  f"Total Micro Batches {len(run.train_dataloader)}")
     bar = progress_bar(run, state, epoch_batches(run, state))
     state.meter.resume()  # paused at the end of the last epoch: the evaluation in between is in no step's time
-    for batch in bar:
+    token = run.args.loss_reduction == "token"  # each step's label tokens counted before its first micro batch
+    for batch in losses.with_window_counts(bar, run.engine, run.device) if token else bar:
         if micro_step(run, state, batch):
             finish_step(run, state, bar.write)
     state.meter.pause()
@@ -256,7 +259,7 @@ def micro_step(run: Run, state: TrainState, batch: dict) -> bool:
     n_tokens = collate.pop_token_count(batch)  # the packing collator's count leaves the batch here
     state.meter.add(batch, n_tokens)  # StepMeter counts packed rows' samples from their position_ids
     engine = run.engine
-    loss = engine(**utils.to_device(batch, run.device, non_blocking=True), use_cache=False).loss
+    loss = forward_loss(run, batch)
     if run.args.print_loss:
         print(f"Epoch: {state.epoch}, Step: {state.step_in_epoch}, Rank: {dist.get_rank()}, loss = {loss}", flush=True)
     engine.backward(loss)
@@ -265,6 +268,19 @@ def micro_step(run: Run, state: TrainState, batch: dict) -> bool:
     state.step_loss += loss.detach().double() / run.args.gradient_accumulation_steps
     state.step_in_epoch += 1
     return boundary
+
+
+def forward_loss(run: Run, batch: dict) -> torch.Tensor:
+    """The micro batch's loss for ``engine.backward``: the model's own (``--loss_reduction mean``,
+    DeepSpeed-Chat's), or under ``token`` its summed token loss scaled so that the step's gradient is
+    that of (sum of token losses) / (label tokens of the step on every rank); see ``sftlib.loss``."""
+    window_tokens = batch.pop(losses.WINDOW_TOKENS, None)
+    batch = utils.to_device(batch, run.device, non_blocking=True)
+    if window_tokens is None:
+        return run.engine(**batch, use_cache=False).loss
+    labels = batch.pop("labels")
+    logits = run.engine(**batch, use_cache=False).logits
+    return losses.token_weighted_loss(logits, labels, window_tokens, losses.deepspeed_divisor(run.engine))
 
 
 def finish_step(run: Run, state: TrainState, write) -> None:
