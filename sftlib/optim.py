@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from sftlib.constants import LORA_PARAM_NAMES
+from sftlib.dist import is_rank_0
 
 NO_DECAY = ["bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight"]
 BETAS = (0.9, 0.95)
@@ -59,13 +60,47 @@ def describe_optimizer_groups(model, groups, base_lr: float | None = None) -> li
 
 def build_optimizer(args, groups, accelerator: str):
     """DeepSpeedCPUAdam with ``--offload``, FusedAdam on an accelerator, torch AdamW on a CPU
-    (``accelerator``: ``sftlib.dist.accelerator_name()``)."""
+    (``accelerator``: ``sftlib.dist.accelerator_name()``). FusedAdam's op is compiled with nvcc on
+    first use (the wheel ships none); where it cannot be built, ``torch_adamw`` runs instead."""
     if args.offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, lr=args.learning_rate, betas=BETAS)
     if accelerator == "cpu":
         return torch.optim.AdamW(groups, lr=args.learning_rate, betas=BETAS)
+    try:
+        return fused_adam(groups, args.learning_rate)
+    except _op_build_errors() as err:  # evaluated only when the build failed
+        optimizer, kind = torch_adamw(groups, args.learning_rate)
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        if is_rank_0():
+            print(f"FusedAdam's CUDA op cannot be built here ({reason}); training with {kind} instead", flush=True)
+        return optimizer
+
+
+def fused_adam(groups, lr: float):
+    """DeepSpeed's FusedAdam, which builds (or loads) its CUDA op as it is made."""
     from deepspeed.ops.adam import FusedAdam
 
-    return FusedAdam(groups, lr=args.learning_rate, betas=BETAS)
+    return FusedAdam(groups, lr=lr, betas=BETAS)
+
+
+def _op_build_errors() -> tuple[type[BaseException], ...]:
+    """What DeepSpeed's op builder raises when an op cannot be compiled: no CUDA toolkit, a toolkit
+    whose major version is not torch's CUDA's (``op_builder/builder.py``), no ninja or a failed build
+    (``RuntimeError``), a compiler that cannot run (``OSError``, ``CalledProcessError``)."""
+    import subprocess
+
+    from deepspeed.ops.op_builder.builder import CUDAMismatchException, MissingCUDAException
+
+    return (MissingCUDAException, CUDAMismatchException, RuntimeError, OSError, ImportError,
+            subprocess.CalledProcessError)
+
+
+def torch_adamw(groups, lr: float) -> tuple[torch.optim.Optimizer, str]:
+    """The fastest torch AdamW these parameters allow: fused (one kernel for every tensor), else foreach;
+    returns it and its name for the log line."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=BETAS, fused=True), "torch.optim.AdamW(fused=True)"
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(groups, lr=lr, betas=BETAS, foreach=True), "torch.optim.AdamW(foreach=True)"
