@@ -3,9 +3,11 @@
 - ``write_hf_folder``: a Hugging Face folder (safetensors, config, tokenizer) written into a hidden
   temporary folder and swapped into place, with ``sftlib_save.json`` listing every file. A crash
   leaves the previous save or nothing; ``remove_stale_temporaries`` cleans up after a killed saver.
-- ``save_hf_format`` (DeepSpeed-Chat's name): a whole model, rank 0 writes;
+- ``save_hf_format`` (DeepSpeed-Chat's name) and ``save_on_rank_0``: a whole model, rank 0 writes;
   ``sftlib.zero.save_zero_three_model`` gathers a ZeRO-3 model and writes with ``write_hf_folder``.
-- ``rescue_dir``: where the weights go when the final save fails.
+- ``save_final``: the end of training, through one of those savers, ``training_history.json`` inside
+  the same swap; ``rescue_dir`` is where the weights go when that save fails.
+- ``save_checkpoint``: DeepSpeed's checkpoint plus what an exact resume needs, its marker written last.
 - ``check_output_dir`` / ``check_writable``: refuse, before any training, a folder a save must not replace.
 
 Explained in notebooks/04_zero3_saving.ipynb.
@@ -20,7 +22,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import torch
+import torch.distributed as dist
+
+from sftlib import rng
+from sftlib.checkpoint import MARKER, completed_tags
 from sftlib.constants import is_lora_name
 from sftlib.dist import unwrap
 from sftlib.errors import SFTError
@@ -199,7 +207,7 @@ def _alive(pid: int) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Whole models: DeepSpeed-Chat's save_hf_format
+# Whole models: DeepSpeed-Chat's save_hf_format, and the end of training
 # --------------------------------------------------------------------------------------------
 
 
@@ -219,3 +227,54 @@ def save_hf_format(model, tokenizer, args, sub_folder: str = "", allow=()) -> No
                        "sftlib.lora.convert_lora_to_linear_layer(model) before saving")
     state_dict = {k: v for k, v in model_to_save.state_dict().items() if not is_lora_name(k)}
     write_hf_folder(model_to_save, state_dict, tokenizer, os.path.join(args.output_dir, sub_folder), allow)
+
+
+def save_on_rank_0(model, global_rank: int, save_dir, zero_stage: int = 0, tokenizer=None, allow=()) -> None:
+    """A model every rank holds whole (ZeRO 0-2): rank 0 writes it with ``save_hf_format``, the others
+    return at once; ``save_zero_three_model``'s signature, so either is a ``save_final`` saver."""
+    if global_rank == 0:
+        save_hf_format(model, tokenizer, SimpleNamespace(output_dir=str(save_dir)), allow=allow)
+
+
+def save_final(model, tokenizer, history: dict, folder, saver, allow=()) -> str | None:
+    """Every rank calls this at the end of training; returns why the save failed, or None.
+
+    ``saver`` (``save_on_rank_0``, ``sftlib.zero.save_zero_three_model`` or one with their signature)
+    writes the model, with ``training_history.json`` inside the same atomic swap. No rank returns
+    before the folder is complete; whatever stops the save is returned, so the caller can still put
+    the weights somewhere (``rescue_dir``)."""
+    rank = dist.get_rank()
+    beside = WithFiles(tokenizer, {HISTORY: json.dumps(history, indent=1)})
+    try:
+        saver(model, rank, str(folder), tokenizer=beside, allow=allow)
+    except Exception as err:  # whatever stops the save, the weights must still reach a disk
+        return str(err) if isinstance(err, SFTError) else f"{type(err).__name__}: {err}"
+    finally:
+        dist.barrier()
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Resumable checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(engine, ckpt_dir, position: dict, history: dict, meta: dict, save_total_limit: int | None) -> str:
+    """Every rank calls this at an optimizer-step boundary; returns the tag written.
+
+    DeepSpeed's checkpoint (weights, optimizer, scheduler, per ZeRO partition) and each rank's RNG
+    states; once every rank is done, global rank 0 writes the marker ``sftlib_checkpoint.json``
+    (position, history, what a resume must match) and prunes to ``save_total_limit``."""
+    tag = f"global_step{engine.global_steps}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"sftlib_position": position})
+    torch.save(rng.rng_state(), Path(ckpt_dir) / tag / f"rng_state_rank{dist.get_rank()}.pt")
+    dist.barrier()
+    if dist.get_rank() == 0:
+        marker = Path(ckpt_dir) / tag / MARKER
+        marker.with_suffix(".tmp").write_text(json.dumps({**meta, **position, "history": history}))
+        os.replace(marker.with_suffix(".tmp"), marker)  # a marker is whole or absent
+        if save_total_limit:
+            for old in completed_tags(ckpt_dir)[:-save_total_limit]:
+                shutil.rmtree(Path(ckpt_dir) / old, ignore_errors=True)
+    dist.barrier()
+    return tag

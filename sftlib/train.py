@@ -19,7 +19,7 @@ Explained in notebooks/05_main_training_loop.ipynb.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import math
 import os
 import sys
@@ -30,28 +30,29 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from sftlib import checkpoint, cli, collate, lora, optim, save, utils
+from sftlib import checkpoint, cli, collate, lora, optim, rng, save, utils, zero
 from sftlib import loss as losses
 from sftlib import model as model_utils
 from sftlib.arguments import batching_mode, output_children, parse_args, validate_args
 from sftlib.constants import IGNORE_INDEX
 from sftlib.data.messages import load_chat_template
-from sftlib.dist import accelerator_name, all_ranks, device_for_rank, init_distributed, local_rank
+from sftlib.dist import RankContext, accelerator_name, all_ranks, init_distributed
 from sftlib.errors import SFTError
 from sftlib.history import History, Reporter
-from sftlib.perf import StepMeter, rate_line
-from sftlib.state import Run, TrainState
+from sftlib.perf import rate_line
+from sftlib.state import Run, TrainState, initial_state
 from sftlib.utils import print_rank_0
 
 # --------------------------------------------------------------------------------------------
 # The steps of main(), in the order it runs them
 # --------------------------------------------------------------------------------------------
 
-def setup_distributed(args) -> torch.device:
-    """Join the process group (or make a one-rank one) and return this rank's device."""
-    init_distributed(timedelta(minutes=args.dist_timeout))
-    args.local_rank = local_rank()
-    return device_for_rank(args.local_rank)
+def setup_distributed(args) -> RankContext:
+    """Join the process group (or make a one-rank one); returns this rank's ``RankContext``
+    (global and local rank, world size, device)."""
+    ctx = init_distributed(timedelta(minutes=args.dist_timeout))
+    args.local_rank = ctx.local_rank  # build_dataloaders reads it (DeepSpeed's engine sets it again, engine.py 1968)
+    return ctx
 
 
 def build_ds_config(args) -> dict:
@@ -180,29 +181,6 @@ def evaluation(model, eval_dataloader, device) -> tuple[float, float, float]:
 # The training loop: its steps work with a Run and move a TrainState (sftlib.state)
 # --------------------------------------------------------------------------------------------
 
-def initial_state(args, engine, train_dataloader, eval_dataloader, device) -> TrainState:
-    """A fresh run's state, or the one ``--resume_from_checkpoint`` saved (every rank agrees on the outcome)."""
-    meter = StepMeter(engine, args.gradient_checkpointing, dist.get_world_size())  # samples/s, tokens/s, TFLOPs
-    meter.pause()  # its clock runs during training steps only
-    history = History(world_size=dist.get_world_size(), train_samples=len(train_dataloader.dataset),
-                      eval_samples=len(eval_dataloader.dataset))
-    state = TrainState(history, meter, torch.zeros((), dtype=torch.float64, device=device))
-    if args.resume_from_checkpoint:
-        cli.on_every_rank(lambda: resume(args, engine, state))
-    return state
-
-
-def resume(args, engine, state: TrainState) -> None:
-    """Load ``--resume_from_checkpoint`` into ``engine`` and ``state`` (history, position, this rank's RNG states)."""
-    meta = checkpoint.meta_of(args, dist.get_world_size())
-    resume_dir, tag, saved = checkpoint.resolve(args.resume_from_checkpoint, meta)
-    state.rng_state = checkpoint.load(engine, resume_dir, tag)
-    state.history, state.epoch, state.step_in_epoch = History.from_dict(saved["history"]), saved["epoch"], \
-        saved["step_in_epoch"]
-    print_rank_0(f"resumed from {resume_dir / tag}: epoch {state.epoch + 1}, "
-                 f"micro batch {state.step_in_epoch}, global step {engine.global_steps}")
-
-
 def evaluate(run: Run, epoch: int) -> None:
     """Evaluate and record, with DeepSpeed-Chat's log line."""
     print_rank_0(f"***** Evaluating perplexity, Epoch {epoch}/{run.args.num_train_epochs} *****")
@@ -237,7 +215,7 @@ def epoch_batches(run: Run, state: TrainState) -> Iterator[dict]:
     for _ in range(state.step_in_epoch):  # resume: the micro batches this epoch already trained on
         next(batches)
     if state.rng_state is not None:
-        checkpoint.restore_rng(state.rng_state)
+        rng.restore_rng(state.rng_state)
         state.rng_state = None
     return batches
 
@@ -307,58 +285,51 @@ def step_means(step_loss: torch.Tensor, rates: dict, device) -> list[float]:
 def save_checkpoint(args, engine, state: TrainState) -> None:
     """A resumable checkpoint (DeepSpeed's, plus position, RNG states and history) in the checkpoint folder."""
     ckpt_dir, meta = checkpoint.default_dir(args), checkpoint.meta_of(args, dist.get_world_size())
-    tag = checkpoint.save(engine, ckpt_dir, state.position(), state.history.to_dict(), meta, args.save_total_limit)
+    tag = save.save_checkpoint(engine, ckpt_dir, state.position(), state.history.to_dict(), meta, args.save_total_limit)
     print_rank_0(f"checkpoint {tag} saved to {ckpt_dir}")
 
 
-def save_model(args, engine, tokenizer, history: History) -> None:
-    """LoRA fused into the weights, then one Hugging Face folder (gathered from every rank under ZeRO-3).
+def final_saver(args):
+    """How the final model is written: gathered from every rank under ZeRO-3 (DeepSpeed-Chat's
+    ``save_zero_three_model``), else rank 0's own whole copy."""
+    if args.zero_stage == 3:
+        return functools.partial(zero.save_zero_three_model, zero_stage=3)
+    return save.save_on_rank_0
+
+
+def save_model(args, engine, tokenizer, history: History, saver=None) -> None:
+    """LoRA fused into the weights, then one Hugging Face folder with ``training_history.json``, written
+    by ``saver`` (``final_saver(args)`` unless given; ``sftlib.save.save_final`` says what one is).
 
     Log and checkpoint folders of this run inside ``--output_dir`` stay as they are, the model files
     beside them. If the save fails anyway (a full disk, a folder changed during training), the
     weights go to a rescue folder beside it and the error says where."""
     print_rank_0("saving the final model ...")
     engine = lora.convert_lora_to_linear_layer(engine)
+    saver = saver or final_saver(args)
     history.output_dir = args.output_dir
-    problem = _save_to(args, engine, tokenizer, history, args.output_dir, output_children(args))
+    problem = save.save_final(engine, tokenizer, history.to_dict(), args.output_dir, saver, output_children(args))
     failure = next((p for p in all_ranks(problem) if p), None)
     if failure is not None:
         rescue = all_ranks(str(save.rescue_dir(args.output_dir)))[0]
         history.output_dir = rescue
-        again = next((p for p in all_ranks(_save_to(args, engine, tokenizer, history, rescue)) if p), None)
+        problem = save.save_final(engine, tokenizer, history.to_dict(), rescue, saver)
+        again = next((p for p in all_ranks(problem) if p), None)
         where = f"the trained weights are in {rescue}" if again is None else f"the rescue save failed too ({again})"
         err = SFTError(f"the final save to {args.output_dir} failed ({failure}); {where}")
-        err.everywhere, err.quiet = True, dist.get_rank() != 0
-        raise err
+        raise cli.known_everywhere(err)  # every rank saw the failure: rank 0 says it once
     print_rank_0(f"saved to {args.output_dir}")
 
 
-def _save_to(args, engine, tokenizer, history: History, folder, allow=()) -> str | None:
-    """Every rank calls this; rank 0 writes. Returns why the save failed, or None."""
-    from sftlib.zero import save_zero_three_model
+def main(args=None, saver=None) -> History:
+    """Run step 1 and return its history (losses, learning rates, perplexities, output folder).
 
-    rank = dist.get_rank()
-    try:
-        if args.zero_stage == 3:
-            save_zero_three_model(engine, rank, folder, zero_stage=3, tokenizer=tokenizer, allow=allow)
-        elif rank == 0:
-            save.save_hf_format(engine, tokenizer, argparse.Namespace(output_dir=folder), allow=allow)
-        if rank == 0:
-            with open(os.path.join(folder, "training_history.json"), "w") as f:
-                json.dump(history.to_dict(), f, indent=1)
-    except Exception as err:  # whatever stops the save, the weights must still reach a disk
-        return str(err) if isinstance(err, SFTError) else f"{type(err).__name__}: {err}"
-    finally:
-        dist.barrier()  # every rank returns only once the saved folder is complete
-    return None
-
-
-def main(args=None) -> History:
-    """Run step 1 and return its history (losses, learning rates, perplexities, output folder)."""
+    ``saver``: what writes the final model (see ``save_model``), for a lesson that measures around it."""
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
     invalid = cli.attempt(lambda: validate_args(args))  # every rank checks alone, before any work
-    device = setup_distributed(args)
+    ctx = setup_distributed(args)
+    device = ctx.device
     cli.agree(invalid)  # then all ranks stop together if any rank's input is bad
     t_start = time.time()
     ds_config = build_ds_config(args)
@@ -384,7 +355,7 @@ def main(args=None) -> History:
 
     state.history.train_seconds = time.time() - t_start
     if args.output_dir is not None:
-        save_model(args, engine, tokenizer, state.history)
+        save_model(args, engine, tokenizer, state.history, saver)
     return state.history
 
 

@@ -1,5 +1,6 @@
 """Checkpoints and resume: a 2-rank run killed with SIGKILL resumes to bit-identical weights."""
 
+import json
 import os
 import signal
 import subprocess
@@ -69,8 +70,6 @@ def test_gas_2_odd_batches_checkpoints_at_deepspeeds_boundaries_and_resumes_acro
     """3 micro batches per epoch, GAS 2: the second optimizer step takes the last batch of epoch 1 and
     the first of epoch 2. Checkpoints sit at DeepSpeed's boundaries, and a run resumed from the
     first one (mid-way through that cross-epoch step) ends with bit-identical weights."""
-    import json
-
     from sftlib.train import main
 
     def args(out, ckpt, *extra):
@@ -103,6 +102,68 @@ def test_resume_from_missing_or_foreign_folder(world, tmp_path):
     (foreign / "pytorch_model.bin").write_bytes(b"not a checkpoint")
     with pytest.raises(SFTError, match="not an sftlib checkpoint folder"):
         main(base + ["--resume_from_checkpoint", str(foreign)])
+
+
+def one_rank_args(world, out, *extra):
+    return ["--model_name_or_path", str(world["opt"]), "--data_path", str(world["data"]), "--data_split", "10,0,0",
+            "--max_seq_len", "48", "--per_device_train_batch_size", "128", "--num_train_epochs", "1",
+            "--dtype", "fp32", "--output_dir", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoints(world, tmp_path_factory):
+    """A real one-rank run's checkpoints: 3 optimizer steps, the last two kept (global_step2, global_step3)."""
+    from sftlib.train import main
+
+    root = tmp_path_factory.mktemp("saved")
+    main(one_rank_args(world, root / "out", "--save_steps", "1", "--save_total_limit", "2",
+                       "--data_output_path", str(root / "cache")))
+    return root / "out_checkpoints"
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def scramble(path):
+    path.write_bytes(bytes(range(256)) * (path.stat().st_size // 256 + 1))
+
+
+def edit_marker(change):
+    def damage(path):
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    return damage
+
+
+@pytest.mark.parametrize("file, damage, why", [
+    ("mp_rank_00_model_states.pt", truncate, "not a whole torch file: File is not a zip file"),
+    ("rng_state_rank0.pt", scramble, "not a whole torch file: File is not a zip file"),
+    ("sftlib_checkpoint.json", lambda p: p.write_text('{"world_size": 2, '), "not JSON at line 1 column 19"),
+    ("sftlib_checkpoint.json", edit_marker(lambda m: {k: v for k, v in m.items() if k != "zero_stage"}),
+     "no 'zero_stage'"),
+    ("sftlib_checkpoint.json", edit_marker(lambda m: {**m, "epoch": "one"}), "'epoch' is 'one'"),
+], ids=["truncated-model-states", "scrambled-rng-states", "cut-marker", "marker-without-a-key", "marker-bad-epoch"])
+def test_a_damaged_checkpoint_is_one_line_naming_the_file_and_writes_nothing(world, tmp_path, capsys,
+                                                                            saved_checkpoints, file, damage, why):
+    import hashlib
+    import shutil
+
+    from sftlib import cli, train
+
+    ckpts = tmp_path / "ckpts"
+    shutil.copytree(saved_checkpoints, ckpts)
+    damage(ckpts / "global_step3" / file)
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckpts.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(train.main, one_rank_args(world, tmp_path / "out", "--resume_from_checkpoint", str(ckpts),
+                                          "--data_output_path", str(tmp_path / "cache")))
+    err = capsys.readouterr().err  # transformers' "Loading weights" bar is on stderr too
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    expected = f"error: {ckpts / 'global_step3' / file}: damaged checkpoint file ({why}); resume from "
+    assert [line for line in err.splitlines() if line.startswith("error")] == [expected + str(ckpts / "global_step2")]
+    assert not (tmp_path / "out").exists()
+    assert before == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckpts.rglob("*") if p.is_file()}
 
 
 @pytest.mark.parametrize("flag, value", [("--per_device_train_batch_size", "0"),

@@ -38,6 +38,9 @@ def test_one_rank_run_trains_and_saves(world, tmp_path):
     assert history["loss"][-1] < history["loss"][0]
     assert history["eval"][-1]["ppl"] < history["eval"][0]["ppl"]
     assert_loads_and_generates(tmp_path / "sft")
+    marker = json.loads((tmp_path / "sft" / "sftlib_save.json").read_text())
+    assert "training_history.json" in marker["files"], "the history is part of the atomic save"
+    assert json.loads((tmp_path / "sft" / "training_history.json").read_text())["loss"] == history["loss"]
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")], "no temporary folder left behind"
 
 
@@ -217,3 +220,28 @@ def torch_equal(a, b):
     import torch
 
     return torch.equal(a, b)
+
+
+def test_the_final_save_goes_through_the_saver_passed_in(world, tmp_path):
+    """``save_model(..., saver=)``: a lesson brings its own saver (here one that records, then writes as
+    the default one does) instead of patching the library."""
+    from transformers import AutoModelForCausalLM
+
+    from sftlib import save, train
+    from sftlib.history import History
+    from sftlib.model import load_hf_tokenizer
+
+    args = one_rank_args(world, tmp_path)
+    calls = []
+
+    def recording_saver(model, global_rank, save_dir, zero_stage=0, tokenizer=None, allow=()):
+        calls.append((global_rank, save_dir))
+        save.save_on_rank_0(model, global_rank, save_dir, zero_stage, tokenizer, allow)
+
+    model = AutoModelForCausalLM.from_pretrained(world["opt"])
+    train.save_model(args, model, load_hf_tokenizer(str(world["opt"])), History(step=[1], loss=[2.5]),
+                     saver=recording_saver)
+    assert calls == [(0, args.output_dir)]
+    saved = json.loads((tmp_path / "out" / "training_history.json").read_text())
+    assert saved["loss"] == [2.5] and saved["output_dir"] == args.output_dir
+    assert "training_history.json" in json.loads((tmp_path / "out" / save.SAVE_MARKER).read_text())["files"]

@@ -132,7 +132,7 @@ def test_save_path_reads_no_environment_variable(world, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "environ", spy)
 
     dist.local_rank()  # a library function that does read one: the spy must see it
-    assert [r for r in spy.readers if r.startswith(sftlib_dir)] == [dist.__file__], spy.readers
+    assert {r for r in spy.readers if r.startswith(sftlib_dir)} == {dist.__file__}, spy.readers
     spy.readers.clear()
     t0 = time.time()
     zero.save_zero_three_model(model, 0, tmp_path / "zero3", zero_stage=0, tokenizer=tokenizer)
