@@ -7,7 +7,8 @@
   ``sftlib.zero.save_zero_three_model`` gathers a ZeRO-3 model and writes with ``write_hf_folder``.
 - ``save_final``: the end of training, through one of those savers, ``training_history.json`` inside
   the same swap; ``rescue_dir`` is where the weights go when that save fails.
-- ``save_checkpoint``: DeepSpeed's checkpoint plus what an exact resume needs, its marker written last.
+- ``save_checkpoint``: DeepSpeed's checkpoint plus what an exact resume needs, its marker written last
+  by the rank that writes for its folder (shared, or node-local: ``checkpoints_are_node_local``).
 - ``check_output_dir`` / ``check_writable``: refuse, before any training, a folder a save must not replace.
 
 Explained in notebooks/04_zero3_saving.ipynb.
@@ -30,7 +31,7 @@ import torch.distributed as dist
 from sftlib import rng
 from sftlib.checkpoint import MARKER, completed_tags
 from sftlib.constants import is_lora_name
-from sftlib.dist import unwrap
+from sftlib.dist import all_ranks, unwrap
 from sftlib.errors import SFTError
 
 SAVE_MARKER = "sftlib_save.json"  # written into every folder sftlib saves, listing its files
@@ -263,13 +264,16 @@ def save_checkpoint(engine, ckpt_dir, position: dict, history: dict, meta: dict,
     """Every rank calls this at an optimizer-step boundary; returns the tag written.
 
     DeepSpeed's checkpoint (weights, optimizer, scheduler, per ZeRO partition) and each rank's RNG
-    states; once every rank is done, global rank 0 writes the marker ``sftlib_checkpoint.json``
-    (position, history, what a resume must match) and prunes to ``save_total_limit``."""
+    states; once every rank is done, the marker ``sftlib_checkpoint.json`` (position, history, what a
+    resume must match) and the pruning to ``save_total_limit``, by the rank that writes for this
+    rank's copy of the folder: global rank 0 on a shared disk, each node's local rank 0 when the
+    engine keeps node-local checkpoints (``checkpoints_are_node_local``)."""
     tag = f"global_step{engine.global_steps}"
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"sftlib_position": position})
     torch.save(rng.rng_state(), Path(ckpt_dir) / tag / f"rng_state_rank{dist.get_rank()}.pt")
     dist.barrier()
-    if dist.get_rank() == 0:
+    writer = engine.local_rank == 0 if engine.use_node_local_storage() else dist.get_rank() == 0
+    if writer:
         marker = Path(ckpt_dir) / tag / MARKER
         marker.with_suffix(".tmp").write_text(json.dumps({**meta, **position, "history": history}))
         os.replace(marker.with_suffix(".tmp"), marker)  # a marker is whole or absent
@@ -278,3 +282,47 @@ def save_checkpoint(engine, ckpt_dir, position: dict, history: dict, meta: dict,
                 shutil.rmtree(Path(ckpt_dir) / old, ignore_errors=True)
     dist.barrier()
     return tag
+
+
+def checkpoints_are_node_local(ckpt_dir, local_rank: int) -> bool:
+    """Does each node have its own copy of ``ckpt_dir`` (its own disk), rather than one all ranks share?
+
+    Every rank calls this before training. Each drops a probe file into the folder and looks for the
+    others': one copy for all ranks is False; one per node (ranks sharing a copy exactly when they
+    share a node's local rank 0, which writes its node's marker) is True; anything else, or a folder
+    a rank cannot write, is refused with an ``SFTError`` (the same on every rank)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return False
+    folder, world = Path(ckpt_dir), dist.get_world_size()
+    token, rank = all_ranks(f"{os.getpid()}-{time.time_ns()}")[0], dist.get_rank()
+    probe, problem = folder / f".sftlib-probe-{token}-rank{rank}", None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+    except OSError as err:
+        problem = f"{err.strerror} on rank {rank}"
+    dist.barrier()
+    seen = [r for r in range(world) if (folder / f".sftlib-probe-{token}-rank{r}").exists()]
+    dist.barrier()
+    probe.unlink(missing_ok=True)
+    return storage_layout(all_ranks((local_rank, seen, problem)), folder)
+
+
+def storage_layout(views: list[tuple], folder) -> bool:
+    """``checkpoints_are_node_local``'s decision from every rank's ``(local rank, ranks whose probe it
+    saw, problem or None)``: False for one shared copy, True for one copy per node, else SFTError."""
+    problem = next((p for _, _, p in views if p), None)
+    if problem:
+        raise SFTError(f"checkpoint folder {folder} cannot be written ({problem}); pass a --checkpoint_dir "
+                       "every rank can write")
+    world = len(views)
+    if all(len(seen) == world for _, seen, _ in views):
+        return False
+    for rank, (_, seen, _) in enumerate(views):
+        partition = rank in seen and all(views[other][1] == seen for other in seen)
+        writers = [other for other in seen if views[other][0] == 0]
+        if not partition or len(writers) != 1:
+            raise SFTError(f"checkpoint folder {folder}: rank {rank} shares its copy with ranks {seen}, which is "
+                           "neither one folder for all ranks nor one per node; put it on a disk every node mounts, "
+                           "or on each node's own disk")
+    return True

@@ -56,7 +56,8 @@ def setup_distributed(args) -> RankContext:
 
 
 def build_ds_config(args) -> dict:
-    """DeepSpeed-Chat's training config, with the batch sizes this run's flags and world size give."""
+    """DeepSpeed-Chat's training config, with the batch sizes this run's flags and world size give, and
+    DeepSpeed's node-local checkpoints when each node has its own copy of the checkpoint folder."""
     from sftlib.ds_config import get_train_ds_config
 
     ds_config = get_train_ds_config(offload=args.offload, dtype=args.dtype, stage=args.zero_stage,
@@ -66,6 +67,10 @@ def build_ds_config(args) -> dict:
     ds_config["train_micro_batch_size_per_gpu"] = args.per_device_train_batch_size
     ds_config["train_batch_size"] = (args.per_device_train_batch_size * dist.get_world_size()
                                      * args.gradient_accumulation_steps)
+    ckpt_dir = checkpoint.default_dir(args)
+    if args.save_steps > 0 and ckpt_dir and cli.on_every_rank(
+            lambda: save.checkpoints_are_node_local(ckpt_dir, args.local_rank)):
+        ds_config["checkpoint"] = {"use_node_local_storage": True}  # each node's local rank 0 writes (engine.py 1909)
     return ds_config
 
 

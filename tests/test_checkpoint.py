@@ -16,6 +16,10 @@ class _Engine:
     """What save_checkpoint/load call on a DeepSpeed engine: a folder per tag, nothing else."""
 
     global_steps = 3
+    local_rank = 0
+
+    def use_node_local_storage(self):
+        return False
 
     def save_checkpoint(self, ckpt_dir, tag, client_state):
         (Path(ckpt_dir) / tag).mkdir(parents=True)
