@@ -14,7 +14,7 @@ from pathlib import Path
 from sftlib.data.prompt_dataset import PromptDataset
 from sftlib.data.sources import hash_file
 from sftlib.dist import global_rank
-from sftlib.errors import SFTError
+from sftlib.errors import ReportedElsewhere, SFTError
 
 DATA_FORMAT_VERSION = 1  # bump when anything changes what a cached dataset holds
 
@@ -80,9 +80,7 @@ def wait_for_cache(folder: Path, poll_s: float = 0.5, say_every_s: float = 60.0,
         if cache_problem(folder) is None:
             return
         if _failure_of(failed, run_id, started) is not None:
-            err = SFTError(_failure_of(failed, run_id, started))
-            err.quiet = True  # the builder prints it
-            raise err
+            raise ReportedElsewhere(_failure_of(failed, run_id, started))  # the builder prints it
         if time.time() - started > timeout_s:
             raise SFTError(f"gave up after {timeout_s:g} s waiting for this node's local rank 0 to build the dataset "
                            f"cache {folder}; see that rank's log, or raise --data_cache_timeout")
