@@ -130,8 +130,8 @@ def init_distributed(timeout: timedelta | None = None) -> RankContext:
 
     ``timeout`` is how long a rank may wait in one collective before the group's watchdog ends the job
     (``--dist_timeout``); None keeps DeepSpeed's default (10 minutes, or ``DEEPSPEED_TIMEOUT``). The
-    one-rank group is made from an in-process store (no port, no file); DeepSpeed still reads some
-    launcher variables from the environment (``launcher_variables_for_deepspeed`` says which, and why).
+    one-rank group needs no launcher variables (an in-process store, no port): afterwards the process
+    does not look like a launched rank, so the jobs it starts need no cleaned environment.
     """
     import deepspeed
     from deepspeed.accelerator import get_accelerator
@@ -144,28 +144,23 @@ def init_distributed(timeout: timedelta | None = None) -> RankContext:
             settle_gloo_hostname_warning()
         if not launched():
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
-            launcher_variables_for_deepspeed()
+            local_rank_for_deepspeed()
         probe_ops_quietly()
         deepspeed.init_distributed(timeout=timeout)  # joins env:// under a launcher, keeps a group that exists
     rank = local_rank()
     return RankContext(dist.get_rank(), rank, dist.get_world_size(), device_for_rank(rank))
 
 
-def launcher_variables_for_deepspeed() -> None:
-    """The one place sftlib writes to ``os.environ``: what DeepSpeed reads from the environment only
-    (never from the process group), for a one-rank group no launcher made.
+def local_rank_for_deepspeed() -> None:
+    """The one write to ``os.environ`` in sftlib: ``LOCAL_RANK=0`` for a one-rank group no launcher made.
 
-    ``LOCAL_RANK=0``: DeepSpeed's engine asserts ``"LOCAL_RANK" in os.environ`` and reads it into
-    ``engine.local_rank`` (deepspeed 0.19.8, ``runtime/engine.py`` lines 1972 and 1966), and ZeRO-3
-    picks its device from it (``runtime/zero/partition_parameters.py`` line 1138).
-    ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``: only because ``train.build_engine``
-    passes ``dist_init_required=True`` (as DeepSpeed-Chat does): then ``deepspeed.initialize`` wants all
-    five even though the group exists, else tries MPI discovery (``comm/comm.py`` lines 889-896) and
-    fails on the missing mpi4py. With ``dist_init_required=False`` (the group exists by then) the
-    second line goes, and a process that ran ``train.main`` no longer looks like a launched rank.
+    DeepSpeed reads the local rank from the environment only, never from the process group: its engine
+    asserts ``"LOCAL_RANK" in os.environ`` and reads it into ``engine.local_rank`` (deepspeed 0.19.8,
+    ``runtime/engine.py`` lines 1972 and 1966), and ZeRO-3 picks its device from it
+    (``runtime/zero/partition_parameters.py`` line 1138). A launcher sets it for every rank it starts.
+    ``launched()`` looks at ``RANK``, which sftlib never sets, so the process still reads as not launched.
     """
     os.environ["LOCAL_RANK"] = "0"
-    os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 
 
 def settle_gloo_hostname_warning() -> None:

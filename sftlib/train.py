@@ -148,7 +148,7 @@ def build_engine(args, model, ds_config: dict, train_dataloader):
                                  num_warmup_steps=args.num_warmup_steps,
                                  num_training_steps=args.num_train_epochs * updates_per_epoch)
     engine, _, _, lr_scheduler = deepspeed.initialize(model=model, optimizer=optimizer, args=args, config=ds_config,
-                                                      lr_scheduler=lr_scheduler, dist_init_required=True)
+                                                      lr_scheduler=lr_scheduler, dist_init_required=False)
     if args.gradient_checkpointing:
         engine.gradient_checkpointing_enable()
     return engine, lr_scheduler

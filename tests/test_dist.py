@@ -1,5 +1,6 @@
 """sftlib.dist: the helpers every module shares about ranks, devices and launchers."""
 
+import json
 import os
 import socket
 import subprocess
@@ -181,3 +182,30 @@ def test_gloos_hostname_warning_is_kept_only_where_the_ranks_span_machines():
         said[where] = out.stderr
     assert said["here"] == ""
     assert said["elsewhere"].count("Unable to resolve hostname") == 1, said
+
+
+IN_PROCESS_MAIN = """
+import json, os, sys
+before = dict(os.environ)
+from sftlib import train
+train.main(sys.argv[1:])
+after = dict(os.environ)
+print(json.dumps({k: v for k, v in after.items() if before.get(k) != v}))
+"""
+
+
+@pytest.mark.slow
+def test_an_in_process_run_leaves_no_launcher_variables(world, tmp_path):
+    """A notebook kernel that ran train.main is not a launched rank afterwards: its environment gained no RANK,
+    WORLD_SIZE or MASTER_* (only DeepSpeed's LOCAL_RANK=0, see dist.local_rank_for_deepspeed), so a job it starts
+    needs no cleaned environment, and sftlib still sees it as not launched."""
+    argv = ["--model_name_or_path", str(world["opt"]), "--data_path", str(world["data"]), "--dtype", "fp32",
+            "--num_train_epochs", "1", "--max_seq_len", "32", "--per_device_train_batch_size", "64",
+            "--data_output_path", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out")]
+    env = dist.launcher_free_env({"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""})
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS_MAIN, *argv], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gained = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {k: v for k, v in gained.items() if k in dist.LAUNCHER_VARS} == {"LOCAL_RANK": "0"}, gained
+    assert (tmp_path / "out" / "config.json").is_file()

@@ -72,7 +72,7 @@ def test_the_save_path_reads_no_environment_variable(func):
 
 
 ENV_WRITERS = {"update", "setdefault", "pop", "popitem", "clear", "__setitem__", "__delitem__"}
-ALLOWED_ENV_WRITES = {("dist.py", "launcher_variables_for_deepspeed")}  # what DeepSpeed reads (see there)
+ALLOWED_ENV_WRITES = {("dist.py", "local_rank_for_deepspeed")}  # DeepSpeed's engine reads LOCAL_RANK (see there)
 
 
 def _is_environ(node) -> bool:
