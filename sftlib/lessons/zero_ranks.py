@@ -6,7 +6,7 @@ Two reports, both run under the launcher (every rank takes part, rank 0 writes t
     OMP_NUM_THREADS=1 deepspeed --num_gpus 2 --module sftlib.lessons.zero_ranks \\
         --report-partitions out.json --model_name_or_path toy_world/opt-tiny --stages 0 1 2 3
 
-    # a real sftlib.train run; what each rank held is recorded just before the ZeRO-3 save
+    # a real sftlib.train run; what each rank held is recorded just before its final save
     OMP_NUM_THREADS=1 deepspeed --num_gpus 2 --module sftlib.lessons.zero_ranks \\
         --train-report out.json --zero_stage 3 --model_name_or_path ... (any sftlib.train argument)
 
@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -165,30 +164,29 @@ def report_partitions(args) -> dict:
 
 
 def train_with_partition_report(train_argv: list, report_path) -> dict:
-    """``sftlib.train.main(train_argv)``; just before its ZeRO-3 save, what each rank holds goes to
+    """``sftlib.train.main(train_argv)``; just before its final save, what each rank holds goes to
     ``report_path`` (rank 0 writes ``{"zero_stage", "ranks"}``). Returns the training history.
 
-    The library's save reads no settings, so the lesson measures on its own: for the length of the
-    run, ``sftlib.zero.save_zero_three_model`` is wrapped by one that takes the partition report
-    first (all ranks, while the engine still holds its shards), then calls the real save.
+    The lesson hands ``main`` a saver of its own: it takes the partition report first (all ranks,
+    while the engine still holds its shards), then calls the run's real saver (``train.final_saver``:
+    ``save_zero_three_model`` under ZeRO-3).
     """
-    from sftlib import train, zero
+    from sftlib import train
 
-    real_save = zero.save_zero_three_model
+    args = train.parse_args([str(a) for a in train_argv])
+    real_save = train.final_saver(args)
     saves = []
 
-    def report_then_save(model_ema, global_rank, save_dir, zero_stage=0, tokenizer=None, allow=()):
-        ranks = all_ranks(partition_report(model_ema, zero_stage))
+    def report_then_save(model, global_rank, save_dir, tokenizer=None, allow=()):
+        ranks = all_ranks(partition_report(model, args.zero_stage))
         if global_rank == 0:
-            Path(report_path).write_text(json.dumps({"zero_stage": zero_stage, "ranks": ranks}, indent=1))
+            Path(report_path).write_text(json.dumps({"zero_stage": args.zero_stage, "ranks": ranks}, indent=1))
         saves.append(save_dir)
-        real_save(model_ema, global_rank, save_dir, zero_stage, tokenizer, allow=allow)
+        real_save(model, global_rank, save_dir, tokenizer=tokenizer, allow=allow)
 
-    with mock.patch.object(zero, "save_zero_three_model", report_then_save):
-        history = train.main(train_argv)
+    history = train.main(args, saver=report_then_save)
     if not saves:
-        raise SFTError("the run never called sftlib.zero.save_zero_three_model "
-                       "(pass --zero_stage 3 and --output_dir)")
+        raise SFTError("the run saved no model, so nothing was measured: pass --output_dir")
     return history
 
 
@@ -198,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     todo.add_argument("--report-partitions", metavar="JSON", help="one engine per stage; rank 0 writes JSON")
     todo.add_argument("--train-report", metavar="JSON",
                       help="run sftlib.train with every other argument; rank 0 writes what each rank "
-                           "held just before the ZeRO-3 save")
+                           "held just before the final save")
     p.add_argument("--model_name_or_path")
     p.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--save_dir", default=None, help="under ZeRO-3, also save three ways here and compare")

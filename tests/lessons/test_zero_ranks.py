@@ -22,3 +22,26 @@ def test_stage_report_without_a_model_is_a_user_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.run(zero_ranks.main, ["--report-partitions", "out.json"])
     assert exit_info.value.code == 2 and "needs --model_name_or_path" in capsys.readouterr().err
+
+
+def test_train_report_measures_just_before_the_real_save(world, tmp_path):
+    """In this process, one rank, ZeRO-0: the lesson's saver reports every parameter, then the run's
+    own saver writes the model; without --output_dir nothing is measured, and it says so."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from sftlib.errors import SFTError
+    from tests.helpers import toy_train_args
+
+    argv = toy_train_args(world, tmp_path / "run", per_device_train_batch_size=128, max_seq_len=32)
+    history = zero_ranks.train_with_partition_report(argv, tmp_path / "report.json")
+    report = json.loads((tmp_path / "report.json").read_text())
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    assert report["zero_stage"] == 0 and history["world_size"] == 1
+    assert [r["params"]["real"] for r in report["ranks"]] == [saved.num_parameters()]
+    with pytest.raises(SFTError, match="pass --output_dir"):
+        zero_ranks.train_with_partition_report(toy_train_args(world, tmp_path / "x", output_dir=None,
+                                                              per_device_train_batch_size=128, max_seq_len=32),
+                                               tmp_path / "none.json")
+    assert not (tmp_path / "none.json").exists()
