@@ -128,9 +128,9 @@ def rewrite_links(text: str, repo_path: str, pages: dict, repo: str, branch: str
 
 WHERE = ("**Where this runs.** Locally, in a clone of the repository: `make lab` opens the notebooks, and "
          "every cell runs on a CPU (this page is that run). Binder builds the repository from "
-         "`environment.yml`; this is untested. Colab does not install it today: `pyproject.toml` "
-         "requires Python 3.11 and Colab's runtime is Python 3.12 or newer, so the first code cell stops "
-         "there. On a machine without a GPU, DeepSpeed announces once `[WARNING] ... Setting accelerator to "
+         "`environment.yml`; this is untested. On Colab (Python 3.12 or 3.13) the first code cell installs it "
+         "with pip inside `pyproject.toml`'s ranges, keeping Colab's torch; the tested set ran on Python "
+         "3.13 in a Debian chroot, not yet on Colab itself. On a machine without a GPU, DeepSpeed announces once `[WARNING] ... Setting accelerator to "
          "CPU`: expected here, not an error.")
 
 

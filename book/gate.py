@@ -70,7 +70,8 @@ NOT_MACHINE_PATHS = ("/tmp/data_files/",)  # main.py's default --data_output_pat
 def machine_paths() -> list[str]:
     """Absolute folders of this machine that must not appear in outputs (beyond the fixed prefixes)."""
     found = {str(ROOT), sys.prefix, sys.base_prefix, tempfile.gettempdir(), os.path.expanduser("~")}
-    return sorted((p.rstrip("/") + "/" for p in found if p and p not in ("/", ".")), key=len, reverse=True)
+    system = ("/", ".", "/usr", "/usr/local")  # a system Python's prefix (Debian's /usr) says nothing of this machine
+    return sorted((p.rstrip("/") + "/" for p in found if p and p not in system), key=len, reverse=True)
 
 
 def path_pattern(extra: list[str]) -> re.Pattern:

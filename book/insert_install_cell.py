@@ -18,8 +18,8 @@ from pathlib import Path
 MARKER = "# Install the project when it is missing"
 TEMPLATE = '''{marker}; where it is installed (`make lab`, Binder) this does nothing.
 # Where this runs: locally with `make lab`, every cell on a CPU. Binder builds the repository from
-# environment.yml (untested). Colab does not install it today: pyproject.toml requires Python 3.11
-# and Colab's runtime is Python 3.12 or newer.
+# environment.yml (untested). Colab (Python 3.12/3.13) installs it with pip against the torch it has
+# (pyproject.toml's ranges; untested on Colab itself).
 import importlib
 import importlib.util
 import subprocess
@@ -28,8 +28,8 @@ from pathlib import Path
 
 REPO_URL = "{repo_url}"  # the public repository ("" while unknown): the Makefile's REPO_URL
 if importlib.util.find_spec("sftlib") is None:
-    if sys.version_info[:2] != (3, 11):
-        raise SystemExit(f"sftlib needs Python 3.11 (pyproject.toml); this is {{sys.version.split()[0]}}")
+    if not (3, 11) <= sys.version_info[:2] <= (3, 13):
+        raise SystemExit(f"sftlib needs Python 3.11 to 3.13 (pyproject.toml); this is {{sys.version.split()[0]}}")
     repo = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "sftlib" / "__init__.py").exists()), None)
     if repo is None:  # a notebook opened on its own: fetch the repository next to it
         if not REPO_URL:
