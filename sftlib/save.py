@@ -218,7 +218,7 @@ def save_hf_format(model, tokenizer, args, sub_folder: str = "", allow=()) -> No
     Unwraps the DeepSpeed engine, drops LoRA keys (fuse them first with
     ``convert_lora_to_linear_layer``: an unfused LoRA layer is an error, not silently lost
     training), then writes safetensors, ``config.json``, the generation config and the whole
-    tokenizer atomically. Explained in notebooks/02_utility_functions.ipynb."""
+    tokenizer atomically."""
     if getattr(args, "output_dir", None) is None:
         raise SFTError("save_hf_format needs args.output_dir (pass --output_dir)")
     model_to_save = unwrap(model)

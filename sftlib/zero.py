@@ -79,7 +79,6 @@ def save_zero_three_model(model_ema, global_rank: int, save_dir: str, zero_stage
     previous save, or nothing. ``tokenizer`` is anything with ``save_pretrained(folder)``; it is
     written after the weights; ``allow`` as in ``write_hf_folder``. A failed write is raised on rank 0
     after the closing barrier, so the other ranks are never left waiting.
-    Explained in notebooks/04_zero3_saving.ipynb.
     """
     state = gather_state_dict(model_ema, global_rank, zero_stage)
     failure = None
