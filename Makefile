@@ -23,6 +23,9 @@ export PYTHONUNBUFFERED := 1
 export ATEN_CPU_CAPABILITY := avx2
 export MKL_CBWR := AVX2
 export ONEDNN_MAX_CPU_ISA := AVX2
+# Idle OpenMP threads sleep instead of spinning: the same arithmetic (bit-identical weights in a check), but on
+# a busy small machine spinning threads of several processes starve each other (a matmul loop 36 s vs 0.14 s).
+export OMP_WAIT_POLICY := PASSIVE
 
 # The repository's public URL and branch: the one place the site's launch and source links take them
 # from. Empty while unknown: the site then has no Colab, Binder or source links (book/build.py refuses
