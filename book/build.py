@@ -130,8 +130,8 @@ WHERE = ("**Where this runs.** Locally, in a clone of the repository: `make lab`
          "every cell runs on a CPU (this page is that run). Binder builds the repository from "
          "`environment.yml`; this is untested. On Colab (Python 3.12 or 3.13) the first code cell installs it "
          "with pip inside `pyproject.toml`'s ranges, keeping Colab's torch; the tested set ran on Python "
-         "3.13 in a Debian chroot, not yet on Colab itself. On a machine without a GPU, DeepSpeed announces once `[WARNING] ... Setting accelerator to "
-         "CPU`: expected here, not an error.")
+         "3.13 in a Debian chroot, not yet on Colab itself. On a machine without a GPU, DeepSpeed announces "
+         "once `[WARNING] ... Setting accelerator to CPU`: expected here, not an error.")
 
 
 def launch_links(name: str, repo: str, branch: str) -> str:
