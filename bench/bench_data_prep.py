@@ -7,7 +7,7 @@ Both paths start from the same json-lines file and end with a cache on disk:
   ``create_prompt_dataset`` do;
 - batched: ``sftlib.data.create_prompt_dataset`` with a cold cache (the rows read once, batched fast
   tokenization through the tokenizer's Rust backend straight into Arrow, in worker processes from
-  20,000 rows; unpadded int32 ids saved as Arrow).
+  50,000 rows; unpadded int32 ids saved as Arrow).
 
 It checks that both give the same tensors (on a sample of rows) and prints both times and both
 cache sizes. Run::
