@@ -84,7 +84,7 @@ def test_own_prompts_replace_the_languages(world, capsys):
     assert "opposite of hot?" in out and "5 plus one?" in out and "Microsoft" not in out
 
 def test_picks_the_accelerator_in_the_dtype_asked_for(world, monkeypatch):
-    """Mocked CUDA: main loads both models on cuda:LOCAL_RANK in bf16 (nothing is loaded for real)."""
+    """Mocked CUDA, a launched rank: main loads both models on cuda:LOCAL_RANK in bf16 (nothing is loaded for real)."""
     import torch
 
     import sftlib.dist
@@ -96,6 +96,7 @@ def test_picks_the_accelerator_in_the_dtype_asked_for(world, monkeypatch):
         raise RuntimeError("stop before loading")
 
     monkeypatch.setattr(sftlib.dist, "accelerator_name", lambda: "cuda")
+    monkeypatch.setenv("RANK", "3")  # a launched rank (sftlib.dist.launched), the second of its node
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(prompt_eval, "load_model", fake_load)
     with pytest.raises(RuntimeError, match="stop before loading"):
