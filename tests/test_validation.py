@@ -211,9 +211,11 @@ def test_validation_returns_the_data_it_read_once_per_node(world, tmp_path, monk
     from sftlib.arguments import parse_args, validate_args
 
     args = parse_args(argv_for(world, tmp_path, {"--data_path": bad_data(world, tmp_path, "json")}))
+    monkeypatch.setenv("RANK", "1")  # a launched rank: dist.local_rank() reads LOCAL_RANK under a launcher only
     monkeypatch.setenv("LOCAL_RANK", "1")
     checked = validate_args(args)
     assert [(s.entry, s.splits, s.fingerprint) for s in checked.sets] == [(args.data_path[0], None, None)]
+    monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
     with pytest.raises(Exception, match="train.json:7: malformed json"):
         validate_args(args)
