@@ -56,12 +56,13 @@ def source_tree(spec: str, work: Path) -> tuple[Path, bool]:
     return folder, True
 
 
-def first_step(tree: Path, argv: list[str], timeout: float) -> dict:
+def first_step(tree: Path, argv: list[str], timeout: float, extensions: Path) -> dict:
     """Start ``python -m sftlib.train argv`` in ``tree`` (one rank, CPU) and stop it at its first step line;
     returns the seconds to that line, to ``***** Running training *****`` (data, model and engine ready,
     before the first evaluation) and the cache build's own seconds (None on a cache hit)."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
-    env.update(PYTHONPATH=str(tree), DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    env.update(PYTHONPATH=str(tree), DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1",
+               TORCH_EXTENSIONS_DIR=str(extensions))  # DeepSpeed's JIT-built CPU ops, this run's alone
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.perf_counter()
@@ -76,13 +77,22 @@ def first_step(tree: Path, argv: list[str], timeout: float) -> dict:
             if line.startswith("***** Running training *****"):
                 ready = time.perf_counter() - t0
             if line.startswith("step 1 |"):
-                return {"first_step_s": time.perf_counter() - t0, "ready_s": ready, "build_s": build}
+                wall = time.perf_counter() - t0
+                return {"first_step_s": wall, "ready_s": ready, "build_s": build, "cpu_s": _stop(proc)}
             if time.perf_counter() - t0 > timeout:
                 break
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if proc.returncode is None:
+            _stop(proc)
     raise RuntimeError(f"{tree}: no first step (exit {proc.returncode}):\n" + "\n".join(tail))
+
+
+def _stop(proc) -> float:
+    """Kill the run and its workers; returns the CPU seconds it used (with the children it waited for)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    _, _, usage = os.wait4(proc.pid, 0)
+    proc.returncode = -signal.SIGKILL
+    return usage.ru_utime + usage.ru_stime
 
 
 def train_argv(rows: Path, cache: Path) -> list[str]:
@@ -93,7 +103,17 @@ def train_argv(rows: Path, cache: Path) -> list[str]:
 
 
 def measure(trees: list[tuple[str, Path]], rows: Path, work: Path, repeat: int, timeout: float) -> dict:
-    """{tree: {"cold": best run, "warm": best run}}; trees alternate so that load drifts hit them alike."""
+    """{tree: {"cold": best run, "warm": best run}}; trees alternate so that load drifts hit them alike.
+
+    DeepSpeed JIT-builds a CPU op when a process group starts, and rebuilds it whenever another
+    process on the machine built it with other flags (minutes of CPU): the runs use a private copy of
+    the build folder, and one unmeasured run per tree on a few rows builds whatever is missing first."""
+    extensions = work / "torch_extensions"
+    if (Path.home() / ".cache" / "torch_extensions").is_dir():
+        shutil.copytree(Path.home() / ".cache" / "torch_extensions", extensions, dirs_exist_ok=True)
+    write_rows(work / "warmup", 300)
+    for i, (_, tree) in enumerate(trees):
+        first_step(tree, train_argv(work / "warmup", work / f"warmup-cache-{i}"), timeout, extensions)
     best: dict = {name: {} for name, _ in trees}
     for r in range(repeat):
         for kind in ("cold", "warm"):
@@ -101,7 +121,7 @@ def measure(trees: list[tuple[str, Path]], rows: Path, work: Path, repeat: int, 
                 cache = work / f"cache-{trees.index((name, tree))}-{r}"
                 if kind == "cold":
                     shutil.rmtree(cache, ignore_errors=True)
-                got = first_step(tree, train_argv(rows, cache), timeout)
+                got = first_step(tree, train_argv(rows, cache), timeout, extensions)
                 old = best[name].get(kind)
                 best[name][kind] = got if old is None or got["first_step_s"] < old["first_step_s"] else old
     return best
@@ -110,17 +130,20 @@ def measure(trees: list[tuple[str, Path]], rows: Path, work: Path, repeat: int, 
 def report(best: dict, n_rows: int) -> None:
     print(f"{n_rows:,} train rows (+256 eval) | toy OPT, one rank, CPU | {os.cpu_count()} cores, load "
           f"{os.getloadavg()[0]:.1f}")
-    print(f"{'tree':<16} {'cold: first step':>17} {'(ready':>8} {'build)':>8} {'warm: first step':>17} {'(ready)':>9}")
+    print(f"{'tree':<18} {'cold: first step':>17} {'ready':>7} {'build':>7} {'CPU':>7} | {'warm: first step':>17} "
+          f"{'ready':>7} {'CPU':>7}")
     for name, runs in best.items():
         cold, warm = runs["cold"], runs["warm"]
-        print(f"{name:<16} {cold['first_step_s']:>15.1f} s {cold['ready_s']:>6.1f} s {cold['build_s'] or 0:>6.1f} s "
-              f"{warm['first_step_s']:>15.1f} s {warm['ready_s']:>7.1f} s")
-    print("ready: '***** Running training *****' (data, model and engine built; the first evaluation follows)")
+        print(f"{name:<18} {cold['first_step_s']:>15.1f} s {cold['ready_s']:>5.1f} s {cold['build_s'] or 0:>5.1f} s "
+              f"{cold['cpu_s']:>5.1f} s | {warm['first_step_s']:>15.1f} s {warm['ready_s']:>5.1f} s "
+              f"{warm['cpu_s']:>5.1f} s")
+    print("ready: '***** Running training *****' (data, model and engine built; the first evaluation follows); "
+          "build: the cache build's own seconds; CPU: the run's CPU seconds to its first step")
     names = list(best)
     if len(names) >= 2:
         a, b = best[names[0]], best[names[-1]]
         ratio = {f"{kind} {what}": a[kind][key] / b[kind][key] for kind in ("cold", "warm")
-                 for what, key in (("first step", "first_step_s"), ("ready", "ready_s"))}
+                 for what, key in (("first step", "first_step_s"), ("ready", "ready_s"), ("CPU", "cpu_s"))}
         print(f"{names[-1]} vs {names[0]}, times faster: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()))
 
 def main(argv=None) -> dict:
