@@ -95,9 +95,10 @@ def build_model(args, ds_config: dict):
     return tokenizer, model
 
 
-def build_dataloaders(args, tokenizer):
+def build_dataloaders(args, tokenizer, checked_data=None):
     """Phase-1 train and eval dataloaders: each rank reads its share through a ``DistributedSampler``
-    (torch's defaults, as DeepSpeed-Chat; ``--seeded_sampler`` seeds training and leaves eval unshuffled)."""
+    (torch's defaults, as DeepSpeed-Chat; ``--seeded_sampler`` seeds training and leaves eval unshuffled).
+    ``checked_data`` (what ``validate_args`` read) lets the build skip reading the files again."""
     from torch.utils.data import DataLoader
 
     from sftlib.data import create_prompt_dataset
@@ -107,7 +108,8 @@ def build_dataloaders(args, tokenizer):
         args.local_rank, args.data_path, args.data_split, args.data_output_path, 1, args.seed, tokenizer,
         args.max_seq_len, end_of_conversation_token=tokenizer.eos_token, sft_only_data_path=args.sft_only_data_path,
         data_weights=args.data_weights, mask_prompt=args.mask_prompt, batching=batching_mode(args),
-        labels_2023=args.labels_2023, wait_timeout=args.data_cache_timeout, run_id=run_id)
+        labels_2023=args.labels_2023, wait_timeout=args.data_cache_timeout, run_id=run_id,
+        checked_data=checked_data)
     batching, packing = batching_mode(args), "mask"
     if batching == "packing":  # several samples per row, laid out as the model's attention allows; eval stays unpacked
         train_dataset = collate.PackedDataset(train_dataset, args.max_seq_len)
@@ -332,7 +334,8 @@ def main(args=None, saver=None) -> History:
     ``saver``: what writes the final model (see ``save_model``), for a lesson that measures around it."""
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
-    invalid = cli.attempt(lambda: validate_args(args))  # every rank checks alone, before any work
+    checked = []  # what validation read, for the build (each local file parsed once per node)
+    invalid = cli.attempt(lambda: checked.append(validate_args(args)))  # every rank checks alone, before any work
     ctx = setup_distributed(args)
     device = ctx.device
     cli.agree(invalid)  # then all ranks stop together if any rank's input is bad
@@ -342,7 +345,8 @@ def main(args=None, saver=None) -> History:
     dist.barrier()
 
     tokenizer, model = build_model(args, ds_config)
-    train_dataloader, eval_dataloader = cli.on_every_rank(lambda: build_dataloaders(args, tokenizer))
+    train_dataloader, eval_dataloader = cli.on_every_rank(lambda: build_dataloaders(args, tokenizer,
+                                                                                  checked[0] if checked else None))
     engine, lr_scheduler = build_engine(args, model, ds_config, train_dataloader)
     state = initial_state(args, engine, train_dataloader, eval_dataloader, device)
     reporter = Reporter(state.history, dist.get_rank(), args.tensorboard_path if args.enable_tensorboard else None)
