@@ -38,3 +38,22 @@ def run_cli(args, env_extra=None, timeout=600, cpu=True):
     returns the CompletedProcess."""
     env = cpu_env(env_extra) if cpu else launcher_free_env(env_extra)
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def two_loopback_nodes(tmp_path, train_argv: list[str], timeout=600) -> tuple[list[int], list[str]]:
+    """Two ``torchrun --nnodes 2`` "nodes" on loopback, each in its own working folder ``tmp_path/nodeN``
+    (so relative paths are node-local), running ``python -m sftlib.train`` with ``train_argv``; returns
+    both exit codes and both logs. CPU nodes on a GPU host too (two ranks on one GPU is what NCCL refuses)."""
+    from sftlib.dist import free_port
+
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    port, procs = free_port(), []
+    for node in (0, 1):
+        cwd = tmp_path / f"node{node}"
+        cwd.mkdir(exist_ok=True)
+        cmd = [torchrun, "--nnodes", "2", "--node_rank", str(node), "--nproc-per-node", "1",
+               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "sftlib.train", *train_argv]
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=cpu_env({"PYTHONPATH": ROOT}), text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    return [p.returncode for p in procs], logs

@@ -5,34 +5,19 @@ relative ``--data_output_path`` (one build per node), or once into a folder both
 other node's builder finds it complete). Global rank 0 alone writes the one saved model. Both "nodes"
 are CPU nodes, on a GPU host too (``tests.helpers.cpu_env``): two ranks on one GPU is what NCCL refuses."""
 
-import os
 import subprocess
-import sys
 
 import pytest
 
-from sftlib.dist import free_port
-from tests.helpers import ROOT, cpu_env
-
-TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
+from tests.helpers import two_loopback_nodes
 
 
 def launch(world, tmp_path, cache, *extra, data=None):
-    port, procs = free_port(), []
-    for node in (0, 1):
-        cwd = tmp_path / f"node{node}"
-        cwd.mkdir(exist_ok=True)
-        cmd = [TORCHRUN, "--nnodes", "2", "--node_rank", str(node), "--nproc-per-node", "1",
-               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "sftlib.train",
-               "--model_name_or_path", str(world["opt"]), "--data_path", data or str(world["data"]),
-               "--data_split", "10,0,0",
-               "--max_seq_len", "48", "--per_device_train_batch_size", "48", "--per_device_eval_batch_size", "64",
-               "--num_train_epochs", "1", "--dtype", "fp32", "--data_output_path", cache,
-               "--output_dir", str(tmp_path / "model"), *extra]
-        procs.append(subprocess.Popen(cmd, cwd=cwd, env=cpu_env({"PYTHONPATH": ROOT}), text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    return [p.returncode for p in procs], logs
+    return two_loopback_nodes(tmp_path, [
+        "--model_name_or_path", str(world["opt"]), "--data_path", data or str(world["data"]), "--data_split", "10,0,0",
+        "--max_seq_len", "48", "--per_device_train_batch_size", "48", "--per_device_eval_batch_size", "64",
+        "--num_train_epochs", "1", "--dtype", "fp32", "--data_output_path", cache,
+        "--output_dir", str(tmp_path / "model"), *extra])
 
 
 def two_nodes(world, tmp_path, cache, *extra):

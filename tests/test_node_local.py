@@ -4,34 +4,21 @@ processes, each in its own working folder, as tests/test_multinode.py launches t
 machines: a relative --checkpoint_dir is then one folder per node."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from sftlib.dist import free_port
 from sftlib.errors import SFTError
 from sftlib.save import storage_layout
-from tests.helpers import ROOT, cpu_env
-
-TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
+from tests.helpers import two_loopback_nodes
 
 
 def two_nodes(world, tmp_path, *extra):
     """Both nodes' logs, once both exited 0: 1 epoch, 4 micro batches per rank, one optimizer step each."""
-    port, procs = free_port(), []
-    for node in (0, 1):
-        cwd = tmp_path / f"node{node}"
-        cwd.mkdir(exist_ok=True)
-        cmd = [TORCHRUN, "--nnodes", "2", "--node_rank", str(node), "--nproc-per-node", "1",
-               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "sftlib.train",
-               "--model_name_or_path", str(world["opt"]), "--data_path", str(world["data"]), "--data_split", "10,0,0",
-               "--max_seq_len", "48", "--per_device_train_batch_size", "48", "--per_device_eval_batch_size", "128",
-               "--num_train_epochs", "1", "--dtype", "fp32", "--dropout", "0.1", "--data_output_path", "cache", *extra]
-        procs.append(subprocess.Popen(cmd, cwd=cwd, env=cpu_env({"PYTHONPATH": ROOT}), text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    codes, logs = two_loopback_nodes(tmp_path, [
+        "--model_name_or_path", str(world["opt"]), "--data_path", str(world["data"]), "--data_split", "10,0,0",
+        "--max_seq_len", "48", "--per_device_train_batch_size", "48", "--per_device_eval_batch_size", "128",
+        "--num_train_epochs", "1", "--dtype", "fp32", "--dropout", "0.1", "--data_output_path", "cache", *extra])
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     return logs
 
 
